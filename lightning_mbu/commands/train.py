@@ -1,0 +1,133 @@
+"""`lightning-mbu train`: fit a SegmentationModule (MBUCallback for quantized configs), then test it."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from ..callbacks import MASK_SCHEDULES
+from . import (SAMPLE_DEFAULTS, add_data_args, add_trainer_args, build_trainer, data_kwargs, metrics_table,
+               stage_metrics, write_json)
+
+DEFAULT_CONFIG = "BBBBMMMMBBBB"  # the transposed convs masked: cheap to mask, a large gain (paper §4)
+PAPER_EPOCHS = 30
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "train", help="train a (masked-)binary U-Net and test it",
+        description="Train a SegmentationModule with Lightning and test its best checkpoint. Without --data it "
+                    "trains on the built-in sample with small settings "
+                    f"({', '.join(f'{k}={v}' for k, v in SAMPLE_DEFAULTS.items())}); flags override them.",
+    )
+    g = p.add_argument_group("model (SegmentationModule, MBUCallback)")
+    g.add_argument("--config", default=DEFAULT_CONFIG,
+                   help=f"12 layer modes (B/M/2/4/8/F, e.g. {DEFAULT_CONFIG}) or name=mode,...; 'fp' for a "
+                        "full-precision net")
+    g.add_argument("--base", type=int, default=None, help="width of the first level (default 64, the paper's)")
+    g.add_argument("--stem-mode", default="masked", help="mode of the second input conv (default masked)")
+    g.add_argument("--statistic", choices=("max", "mean"), default="max", help="masking threshold statistic")
+    g.add_argument("--mask-schedule", choices=tuple(MASK_SCHEDULES), default="constant")
+    g.add_argument("--target-t", type=float, default=0.5, help="masking factor t after the warm-up")
+    g.add_argument("--warmup-epochs", type=int, default=0, help="epochs of the linear/cosine ramp of t")
+    g.add_argument("--init-from", type=Path, default=None, metavar="CKPT",
+                   help="start from the weights of a trained full-precision checkpoint")
+    g.add_argument("--optimizer", choices=("adam", "rmsprop"), default=None,
+                   help="default: RMSprop for full precision, Adam for quantized (paper App. A.3)")
+    g.add_argument("--lr", type=float, default=None, help="default 1e-5 (the paper's)")
+    g.add_argument("--weight-decay", type=float, default=1e-8)
+    g.add_argument("--momentum", type=float, default=0.9)
+    g.add_argument("--gradient-clip", type=float, default=1.0, help="gradient-norm clipping (0: off)")
+    g.add_argument("--dice-weight", type=float, default=1.0, help="weight of soft Dice in the loss")
+    add_data_args(p)
+    add_trainer_args(p, fit=True)
+    p.add_argument("--output", type=Path, default=None,
+                   help="results JSON (default: results.json in the run's log folder)")
+    p.set_defaults(func=run)
+
+
+def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
+    """Fill unset flags: the sample's small settings without --data, else the paper's."""
+    if args.init_from is not None and args.base is None:
+        from ..distill import read_fp_checkpoint
+
+        args.base = read_fp_checkpoint(args.init_from)[0].get("base")  # the width must match the source
+    on_sample = args.data_root is None
+    defaults = SAMPLE_DEFAULTS if on_sample else {"base": 64, "max_epochs": PAPER_EPOCHS}
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, [value] if key == "size" else value)
+    return args
+
+
+def build_module(args: argparse.Namespace):
+    from ..distill import load_fp_weights
+    from ..module import SegmentationModule
+
+    config = None if args.config.lower() in ("fp", "none") else args.config
+    module = SegmentationModule(
+        config=config, base=args.base, stem_mode=args.stem_mode, masked_statistic=args.statistic, masked_t=args.target_t,
+        optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay, momentum=args.momentum,
+        grad_clip=args.gradient_clip, dice_weight=args.dice_weight,
+    )
+    if args.init_from is not None:
+        load_fp_weights(module.net, args.init_from)
+    return module
+
+
+def run(args: argparse.Namespace) -> int:
+    import lightning.pytorch as pl
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from ..callbacks import MBUCallback
+    from ..data import SegmentationDataModule
+
+    resolve_defaults(args)
+    pl.seed_everything(args.seed, workers=True, verbose=False)
+    datamodule = SegmentationDataModule(**data_kwargs(args))
+    module = build_module(args)
+    validates = args.limit_val_batches != 0 and datamodule.val_fraction > 0
+    # Lightning's save_last only copies the last *top-k* save, so the last epoch gets its own callback
+    last = ModelCheckpoint(filename="last", enable_version_counter=False)
+    callbacks = [last]
+    best = None
+    if validates:
+        best = ModelCheckpoint(monitor="val/dice", mode="max", filename="best-epoch{epoch}-dice{val/dice:.4f}",
+                               auto_insert_metric_name=False)
+        callbacks.append(best)
+    if module.net.is_quantized:
+        callbacks.append(MBUCallback(module.net.config, mask_schedule=args.mask_schedule, target_t=args.target_t,
+                                     warmup_epochs=args.warmup_epochs, statistic=args.statistic,
+                                     stem_mode=args.stem_mode))
+    trainer = build_trainer(args, name=str(module.net.config or "fp"), callbacks=callbacks)
+
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule)
+    fit_seconds = time.perf_counter() - start
+    best_path = (best.best_model_path if best else "") or None
+    results = {
+        "config": str(module.net.config or "fp"),
+        "base": module.hparams.base,
+        "data": {**datamodule.hparams, "layout": datamodule.layout.name, "size": datamodule.size},
+        "epochs": trainer.current_epoch,
+        "fit_seconds": round(fit_seconds, 1),
+        "best_checkpoint": best_path,
+        "best_val_dice": float(best.best_model_score) if best_path else None,
+        "last_checkpoint": last.best_model_path or None,
+    }
+    rows = []
+    if datamodule.test_fraction > 0 and args.limit_test_batches != 0:
+        tested = trainer.test(module, datamodule=datamodule, ckpt_path=best_path, verbose=False)
+        results["test"] = stage_metrics(tested[0], "test")
+        rows.append({"split": "test", "images": len(datamodule.splits["test"]), **results["test"]})
+
+    if trainer.is_global_zero:
+        log_dir = Path(trainer.log_dir or trainer.default_root_dir)
+        output = args.output or log_dir / "results.json"
+        write_json(output, results)
+        print(f"best checkpoint: {best_path}\nlast checkpoint: {results['last_checkpoint']}")
+        if rows:
+            print(metrics_table(rows))
+        print(f"results: {output}")
+    return 0

@@ -1,0 +1,64 @@
+"""Export a trained MBU-Net to a packed `.mbu` file: fold batch-norm into thresholds, pack bits, write.
+
+``export_model(net, path)`` takes an MBUNet; ``export_checkpoint(ckpt, path)`` a Lightning
+checkpoint of a SegmentationModule. ``lightning_mbu.load_packed`` reads the file back.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from ..model import MBUNet
+from ..ops.graph import ENCODINGS, PackedNet
+from .fold import FoldedNet, fold
+from .format import load, save
+from .pack import pack_folded
+
+__all__ = ["FoldedNet", "PackedNet", "export_checkpoint", "export_model", "fold", "load", "net_from_checkpoint",
+           "pack_folded", "save"]
+
+#: MBUNet constructor arguments a SegmentationModule keeps in its hyper-parameters
+_NET_HPARAMS = ("config", "in_channels", "num_classes", "base", "stem_mode", "masked_t", "masked_statistic")
+
+
+def export_model(net: MBUNet, path: str | os.PathLike, default_encoding: str = "xor") -> PackedNet:
+    """Fold and pack a quantized MBUNet (eval semantics) and write it to ``path``; returns the PackedNet."""
+    if default_encoding not in ENCODINGS:
+        raise ValueError(f"unknown encoding {default_encoding!r}; valid: {', '.join(ENCODINGS)}")
+    packed = pack_folded(fold(net))
+    packed.default_encoding = default_encoding
+    save(packed, path)
+    return packed
+
+
+def net_from_checkpoint(ckpt_path: str | os.PathLike) -> MBUNet:
+    """The MBUNet of a SegmentationModule checkpoint: its hyper-parameters and the ``net.*`` weights."""
+    ckpt_path = Path(ckpt_path)
+    if not ckpt_path.is_file():
+        raise FileNotFoundError(f"no such checkpoint: {ckpt_path}")
+    try:
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"{ckpt_path}: cannot read as a PyTorch checkpoint: {e}") from e
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
+        raise ValueError(f"{ckpt_path}: not a Lightning checkpoint of a SegmentationModule "
+                         "(needs 'hyper_parameters' and 'state_dict')")
+    hp = ckpt["hyper_parameters"]
+    if hp.get("config") is None:
+        raise ValueError(f"{ckpt_path}: a full-precision model (no layer config); only quantized MBU-Nets export")
+    net = MBUNet(**{k: hp[k] for k in _NET_HPARAMS if k in hp})
+    weights = {k[len("net."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
+    try:
+        net.load_state_dict(weights)
+    except RuntimeError as e:
+        raise ValueError(f"{ckpt_path}: its weights do not fit MBUNet({hp.get('config')}, base={hp.get('base')}): "
+                         f"{e}") from e
+    return net.eval()
+
+
+def export_checkpoint(ckpt_path: str | os.PathLike, path: str | os.PathLike,
+                      default_encoding: str = "xor") -> PackedNet:
+    return export_model(net_from_checkpoint(ckpt_path), path, default_encoding)

@@ -1,0 +1,29 @@
+"""`lightning-mbu export CKPT -o model.mbu`: a trained checkpoint to a packed model file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..ops.graph import ENCODINGS
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("export", help="fold and bit-pack a trained MBU-Net checkpoint into a .mbu file",
+                              description=__doc__.splitlines()[0])
+    p.add_argument("checkpoint", type=Path, help="Lightning checkpoint of a quantized SegmentationModule")
+    p.add_argument("-o", "--output", type=Path, default=None, help="output file (default: CKPT with suffix .mbu)")
+    p.add_argument("--encoding", choices=ENCODINGS, default="xor",
+                   help="dot-product form backends use by default (both are exact; a backend may override)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from . import export_checkpoint
+
+    out = args.output or args.checkpoint.with_suffix(".mbu")
+    packed = export_checkpoint(args.checkpoint, out, default_encoding=args.encoding)
+    layers = packed.threshold_layers
+    print(f"wrote {out} ({out.stat().st_size / 2**20:.2f} MiB): config {packed.model['config']}, "
+          f"{len(packed.stages)} stages, {len(layers)} binary layers "
+          f"({sum(s.mode == 'masked' for s in layers)} masked)")
+    return 0

@@ -1,0 +1,121 @@
+"""`lightning-mbu cost` (per-layer cost table, Table A.4 / Fig. 4) and `lightning-mbu search` (the Optuna study)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from ..config import LAYER_NAMES, PAPER_NAMES
+from .cost import ENCODINGS, NORMALIZATIONS, CostModel, parse_size
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("cost", help="per-layer ops, params, cost score and masking rank (Table A.4)")
+    p.add_argument("--size", default="512x512", help="input HEIGHTxWIDTH (default 512x512)")
+    p.add_argument("--base", type=int, default=64, help="U-Net base width (default 64)")
+    p.add_argument("--w-op", type=float, default=0.5, help="weight of ops in eq. 2; w_param = 1 - w_op")
+    p.add_argument("--normalize", choices=NORMALIZATIONS, default="max",
+                   help="scale ops and params to [0,1] by their maximum (default) or min-max")
+    p.add_argument("--encoding", choices=ENCODINGS, default="xor", help="bit encoding for config costs")
+    p.add_argument("--plot", metavar="PNG", help="also draw Fig. 4 (ops and params per layer) here")
+    p.add_argument("--json", action="store_true", help="print the table as JSON")
+    p.set_defaults(func=run_cost)
+
+    s = subparsers.add_parser("search", help="Optuna search over per-layer masking (Dice vs cost)")
+    s.add_argument("--budget", type=int, default=50, help="finished (complete + pruned) trials to reach")
+    s.add_argument("--data", default=None, help="dataset root (default: the built-in sample)")
+    s.add_argument("--layout", default=None, help="dataset layout (dsb2018, carvana, isic, folder)")
+    s.add_argument("--size", default="64x64", help="training HEIGHTxWIDTH of the trials (default 64x64)")
+    s.add_argument("--out", default="mbu_search", help="output folder (default ./mbu_search)")
+    s.add_argument("--storage", default=None,
+                   help="Optuna storage URL (sqlite:///f.db, postgresql://..., journal:f.log); "
+                        "default sqlite file in --out")
+    s.add_argument("--study-name", default="mbu-search")
+    s.add_argument("--workers", type=int, default=1, help="worker processes on the storage (one per GPU)")
+    s.add_argument("--epochs-per-trial", type=int, default=4)
+    s.add_argument("--train-batches", type=float, default=5,
+                   help="batches per training epoch (a fraction <= 1.0 means a share of the data)")
+    s.add_argument("--val-batches", type=float, default=1.0, help="validation batches (fraction <= 1.0: share)")
+    s.add_argument("--batch-size", type=int, default=4)
+    s.add_argument("--base", type=int, default=8, help="U-Net base width of the trained trials (default 8)")
+    s.add_argument("--lr", type=float, default=3e-3, help="trial learning rate (default 3e-3, for short trials)")
+    s.add_argument("--augment", action="store_true",
+                   help="augment trial training data (off by default: all configs see the same batches)")
+    s.add_argument("--accelerator", default="auto")
+    s.add_argument("--layers", default="all", help="comma-separated layers to search (default all 12)")
+    s.add_argument("--background", default="B" * len(LAYER_NAMES),
+                   help="modes of the layers not searched (12-letter config)")
+    s.add_argument("--kbit", action="store_true", help="also offer 2-bit weights per layer")
+    s.add_argument("--grid", action="store_true", help="exhaustive grid over --layers (exact Shapley values)")
+    s.add_argument("--no-prune", action="store_true", help="train every trial to the end")
+    s.add_argument("--cost-size", default="512x512", help="input size of the cost objective (default 512x512)")
+    s.add_argument("--cost-base", type=int, default=64, help="base width of the costed net (default 64)")
+    s.add_argument("--encoding", choices=ENCODINGS, default="xor")
+    s.add_argument("--w-op", type=float, default=0.5, help="eq. 2 weight for the cost-aware ranking")
+    s.add_argument("--heartbeat", type=int, default=10, help="seconds between trial heartbeats (RDB storages)")
+    s.add_argument("--grace", type=int, default=30, help="seconds without heartbeat before a trial is stale")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=run_search_command)
+
+
+def _batches(x: float) -> int | float:
+    return x if x <= 1.0 else int(x)
+
+
+def run_cost(args: argparse.Namespace) -> int:
+    model = CostModel.measure(parse_size(args.size), base=args.base)
+    rows = model.table(args.w_op, args.normalize)
+    if args.json:
+        print(json.dumps({"size": list(model.size), "base": model.base, "layers": rows,
+                          "config_binary_ops": {str(c): model.config_binary_ops(c, args.encoding)
+                                                for c in model.cost_aware_configs(args.w_op, args.normalize)}},
+                         indent=2))
+    else:
+        h, w = model.size
+        print(f"U-Net base {model.base} at {h}x{w} (w_op {args.w_op}, {args.normalize}-normalised)")
+        print(f"{'rank':>4} {'layer':<8} {'ops':>16} {'params':>11} {'score':>6}")
+        for r in rows:
+            print(f"{r['rank']:>4} {r['paper_name']:<8} {r['ops']:>16,} {r['params']:>11,} {r['score']:6.3f}")
+        print(f"\ncost-aware configs ({args.encoding} encoding, G binary ops incl. the masked stem):")
+        for k, c in enumerate(model.cost_aware_configs(args.w_op, args.normalize)):
+            print(f"  k={k:<2} {c}  {model.config_binary_ops(c, args.encoding) / 1e9:10.2f}")
+        print(f"float ops of the first conv and the head: {model.float_ops / 1e9:.2f} G")
+    if args.plot:
+        from .plots import plot_cost
+
+        print(f"wrote {plot_cost(model, args.plot)}")
+    return 0
+
+
+def run_search_command(args: argparse.Namespace) -> int:
+    from .study import SearchSettings, TrialSettings, run_search
+    from .summary import format_summary, summarize, write_summary
+
+    by_paper = {v.lower(): k for k, v in PAPER_NAMES.items()}  # Up-CT4 and up_ct4 both work
+    layers = LAYER_NAMES if args.layers == "all" else tuple(
+        by_paper.get(n.strip().lower(), n.strip()) for n in args.layers.split(",") if n.strip())
+    settings = SearchSettings(
+        budget=args.budget, out_dir=args.out, storage=args.storage, study_name=args.study_name,
+        layers=layers, choices=("binary", "masked", "int2") if args.kbit else ("binary", "masked"),
+        background=args.background, grid=args.grid, cost_base=args.cost_base,
+        cost_size=parse_size(args.cost_size), encoding=args.encoding, w_op=args.w_op, prune=not args.no_prune,
+        workers=args.workers, heartbeat_interval=args.heartbeat, grace_period=args.grace, seed=args.seed,
+        trial=TrialSettings(
+            data_root=args.data, layout=args.layout, size=parse_size(args.size), base=args.base,
+            batch_size=args.batch_size, epochs=args.epochs_per_trial,
+            limit_train_batches=_batches(args.train_batches), limit_val_batches=_batches(args.val_batches),
+            lr=args.lr, augment=args.augment, seed=args.seed, accelerator=args.accelerator,
+        ),
+    )
+    if args.data is not None and not Path(args.data).exists():
+        raise FileNotFoundError(f"--data {args.data} does not exist")
+    start = time.perf_counter()
+    study = run_search(settings)
+    summary = summarize(study, settings, settings.cost_model())
+    summary["wall_seconds"] = time.perf_counter() - start
+    paths = write_summary(summary, settings.out_dir)
+    print(format_summary(summary))
+    print(f"\nsearch took {summary['wall_seconds']:.1f} s; wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0

@@ -1,0 +1,78 @@
+"""Figures of the search: per-layer costs (paper Fig. 4), Shapley bars (Fig. 3c), the Pareto front (Fig. 7)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never needs a display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from ..config import LAYER_NAMES, PAPER_NAMES  # noqa: E402
+from .cost import CostModel  # noqa: E402
+from .shapley import ShapleyResult  # noqa: E402
+
+
+def _save(fig, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_cost(cost_model: CostModel, path: str | Path) -> Path:
+    """Ops and parameters per layer (Fig. 4), transposed convs in red."""
+    labels = [PAPER_NAMES[n] for n in LAYER_NAMES]
+    colors = ["tab:red" if n.startswith("up_ct") else "tab:blue" for n in LAYER_NAMES]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    for ax, values, title in (
+        (axes[0], [cost_model.layers[n].ops for n in LAYER_NAMES], "operations (mult + add)"),
+        (axes[1], [cost_model.layers[n].params for n in LAYER_NAMES], "parameters"),
+    ):
+        ax.bar(labels, values, color=colors)
+        ax.set_yscale("log")
+        ax.set_title(f"{title}, {cost_model.size[0]}x{cost_model.size[1]}, base {cost_model.base}")
+        ax.tick_params(axis="x", rotation=60)
+    return _save(fig, path)
+
+
+def plot_shapley(results: Sequence[ShapleyResult], path: str | Path, labels: Sequence[str] | None = None) -> Path:
+    """Bars of each layer's Shapley value with one-standard-error bars; one group per result."""
+    players = results[0].players
+    width = 0.8 / len(results)
+    x = np.arange(len(players))
+    fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(players)), 3.8))
+    for j, r in enumerate(results):
+        se = np.nan_to_num(r.se, nan=0.0)
+        label = labels[j] if labels else r.method
+        ax.bar(x + (j - (len(results) - 1) / 2) * width, r.values, width, yerr=se, capsize=2, label=label)
+    ax.axhline(0, color="black", lw=0.6)
+    ax.set_xticks(x, [PAPER_NAMES.get(p, p) for p in players], rotation=60)
+    ax.set_ylabel("Shapley value (Dice gain from masking)")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_pareto(trials: Sequence[dict], front: Sequence[dict], path: str | Path) -> Path:
+    """Dice against cost for every finished trial, the front as a step line, cost-aware configs marked."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    done = [t for t in trials if t["dice"] is not None]
+    ax.scatter([t["cost"] / 1e9 for t in done], [t["dice"] for t in done], s=14, c="tab:gray", label="trials")
+    aware = [t for t in done if t.get("cost_aware_k") is not None]
+    ax.scatter([t["cost"] / 1e9 for t in aware], [t["dice"] for t in aware], s=22, c="tab:orange",
+               label="cost-aware (k cheapest masked)")
+    for t in aware:
+        ax.annotate(str(t["cost_aware_k"]), (t["cost"] / 1e9, t["dice"]), fontsize=7, xytext=(2, 2),
+                    textcoords="offset points")
+    pts = sorted((t["cost"] / 1e9, t["dice"]) for t in front)
+    if pts:
+        ax.step(*zip(*pts), where="post", color="tab:red", label="Pareto front")
+    ax.set_xlabel("config cost (G binary ops)")
+    ax.set_ylabel("validation Dice")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
