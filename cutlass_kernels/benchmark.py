@@ -122,6 +122,7 @@ def main(argv=None) -> int:
     p.add_argument("--reps", type=int, default=20)
     p.add_argument("--save-choices", action="store_true", help="write the measured choices into kernels.json")
     p.add_argument("--no-fp16", action="store_true")
+    p.add_argument("--commit", default=None, help="the commit measured (default: git rev-parse HEAD here)")
     args = p.parse_args(argv)
 
     torch.manual_seed(0)
@@ -130,7 +131,7 @@ def main(argv=None) -> int:
     stream = torch.cuda.current_stream().cuda_stream
     props = torch.cuda.get_device_properties(0)
     report = {"card": props.name, "sm": net.cc, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-              "commit": git_commit(), "torch": torch.__version__, "cuda": torch.version.cuda,
+              "commit": args.commit or git_commit(), "torch": torch.__version__, "cuda": torch.version.cuda,
               "config": args.config, "base": args.base, "batch": args.batch, "encoding": net.encoding, "sizes": {}}
     all_choices = {}
     for size in args.sizes.split(","):

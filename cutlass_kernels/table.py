@@ -89,9 +89,21 @@ def layer_key(encoding: str, r: int, c_bits: int, k_cols: int, h: int, w: int) -
 
 
 def save_choices(choices: dict, path: str | Path = TABLE_PATH) -> None:
-    """Merge measured ``{"smXX": {key: name}}`` into the table file (used by the tuner)."""
+    """Merge measured ``{"smXX": {key: name}}`` into the table file (``cutlass_kernels.benchmark --save-choices``)."""
     path = Path(path)
     raw = json.loads(path.read_text())
     for arch, table in choices.items():
         raw.setdefault("choices", {}).setdefault(arch, {}).update(table)
-    path.write_text(json.dumps(raw, indent=1) + "\n")
+    path.write_text(dump_table(raw))
+
+
+def dump_table(raw: dict) -> str:
+    """kernels.json text: one kernel and one choice per line, so that diffs stay readable."""
+    kernels = ",\n".join("  " + json.dumps(k) for k in raw["kernels"])
+    arches = []
+    for arch, table in sorted(raw.get("choices", {}).items()):
+        rows = ",\n".join(f"   {json.dumps(k)}: {json.dumps(v)}" for k, v in sorted(table.items()))
+        arches.append(f"  {json.dumps(arch)}: {{\n{rows}\n  }}")
+    choices = "{\n" + ",\n".join(arches) + "\n }" if arches else "{}"
+    return (f'{{\n "about": {json.dumps(raw["about"])},\n "kernels": [\n{kernels}\n ],\n'
+            f' "choices": {choices}\n}}\n')

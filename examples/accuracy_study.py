@@ -216,7 +216,8 @@ def train_row(a) -> int:
     trainer.fit(module, train_dataloaders=loader)
     train_seconds = time.perf_counter() - start
 
-    # float32 evaluation of the final weights on the whole images
+    # float32 evaluation (no TF32) of the final weights on the whole images, as the packed engines compute
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     evaluator = pl.Trainer(precision="32-true", **common)
     result = {"row": a.row, **asdict(row), "base": a.base, "crop": a.crop, "batch_size": a.batch_size, "lr": a.lr,
               "seconds_budget": seconds, "train_seconds": train_seconds, "steps": budget.steps,

@@ -45,12 +45,14 @@ struct Epilogue {
 __device__ inline void threshold_pack_rows(int32_t const* acc, int64_t ld, int rows, int64_t m0, int word,
                                            Epilogue const& ep, OutputMap const& om, int lane) {
   int2 t = reinterpret_cast<int2 const*>(ep.thr)[word * 32 + lane];
+  // one coalesced load of the rows' window counts; row i's is shuffled from lane i below
+  int count = ep.planes == 1 && ep.row_count && lane < rows ? ep.row_count[m0 + lane] : 0;
   uint32_t mine = 0;
 #pragma unroll 8
   for (int i = 0; i < 32; ++i) {
     if (i < rows) {
       int32_t const* row = acc + i * ld;
-      int r = ep.alpha * row[lane] - (ep.planes == 2 ? row[32 + lane] : ep.row_count ? ep.row_count[m0 + i] : 0);
+      int r = ep.alpha * row[lane] - (ep.planes == 2 ? row[32 + lane] : __shfl_sync(0xffffffffu, count, i));
       uint32_t bits = __ballot_sync(0xffffffffu, t.y * r >= t.x);
       if (lane == i) mine = bits;
     }

@@ -12,7 +12,7 @@ from pathlib import Path
 
 #: what `lightning-mbu train` uses when no --data is given: the built-in sample, sized to
 #: train and evaluate in a couple of minutes on 2 CPU cores (explicit flags override these)
-SAMPLE_DEFAULTS = {"size": 128, "base": 16, "max_epochs": 15, "lr": 1e-3, "batch_size": 4}
+SAMPLE_DEFAULTS = {"size": 128, "base": 8, "max_epochs": 40, "lr": 3e-3, "batch_size": 4}
 
 
 def number(text: str) -> int | float:

@@ -44,6 +44,8 @@ def add_parser(subparsers) -> None:
     s.add_argument("--augment", action="store_true",
                    help="augment trial training data (off by default: all configs see the same batches)")
     s.add_argument("--accelerator", default="auto")
+    s.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads per worker (default 1, fastest for the tiny trial nets)")
     s.add_argument("--layers", default="all", help="comma-separated layers to search (default all 12)")
     s.add_argument("--background", default="B" * len(LAYER_NAMES),
                    help="modes of the layers not searched (12-letter config)")
@@ -107,6 +109,7 @@ def run_search_command(args: argparse.Namespace) -> int:
             batch_size=args.batch_size, epochs=args.epochs_per_trial,
             limit_train_batches=_batches(args.train_batches), limit_val_batches=_batches(args.val_batches),
             lr=args.lr, augment=args.augment, seed=args.seed, accelerator=args.accelerator,
+            threads=args.threads,
         ),
     )
     if args.data is not None and not Path(args.data).exists():

@@ -64,6 +64,7 @@ class TrialSettings:
     seed: int = 0
     accelerator: str = "auto"
     num_workers: int = 0
+    threads: int = 1  # torch CPU threads per worker: tiny trial nets run fastest on one, more contend
 
 
 @dataclass
@@ -317,6 +318,17 @@ def _quiet() -> None:
 
 def run_worker(settings: SearchSettings, worker: int = 0) -> None:
     """Run trials until the study holds ``effective_budget`` finished ones."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(settings.trial.threads)
+    try:
+        _run_trials(settings, worker)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_trials(settings: SearchSettings, worker: int) -> None:
     _quiet()
     storage = make_storage(settings.storage_url, settings.heartbeat_interval, settings.grace_period)
     cost_model = settings.cost_model()
@@ -339,12 +351,9 @@ def run_worker(settings: SearchSettings, worker: int = 0) -> None:
                        callbacks=[stop_at_budget], gc_after_trial=False)
 
 
-def _worker_process(settings: SearchSettings, worker: int, gpu: int | None, threads: int) -> None:
+def _worker_process(settings: SearchSettings, worker: int, gpu: int | None) -> None:
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)  # before CUDA starts in this process
-    import torch
-
-    torch.set_num_threads(threads)
     run_worker(settings, worker)
 
 
@@ -370,9 +379,8 @@ def run_search(settings: SearchSettings) -> optuna.Study:
         run_worker(settings)
         return study
     gpus = _gpu_count()
-    threads = max(1, (os.cpu_count() or 1) // settings.workers)
     ctx = multiprocessing.get_context("spawn")  # CUDA and SQLite connections do not survive fork
-    procs = [ctx.Process(target=_worker_process, args=(settings, i, i % gpus if gpus else None, threads),
+    procs = [ctx.Process(target=_worker_process, args=(settings, i, i % gpus if gpus else None),
                          name=f"mbu-search-worker-{i}") for i in range(settings.workers)]
     for p in procs:
         p.start()

@@ -1,0 +1,12 @@
+"""Train a masked-binary U-Net on the built-in nuclei sample with a plain Lightning Trainer."""
+
+import lightning.pytorch as pl
+
+from lightning_mbu import MBUCallback, SegmentationDataModule, SegmentationModule
+
+config = "BBBBMMMMBBBB"  # binary everywhere, the four transposed convs masked
+data = SegmentationDataModule(size=128, batch_size=4)  # no data_root: the built-in sample
+model = SegmentationModule(config, base=8, lr=3e-3)
+trainer = pl.Trainer(max_epochs=40, accelerator="auto", callbacks=[MBUCallback(config, target_t=0.5)])
+trainer.fit(model, datamodule=data)
+trainer.test(model, datamodule=data, ckpt_path="last")
