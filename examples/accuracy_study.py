@@ -161,6 +161,23 @@ def per_image_dice(logits: torch.Tensor, masks: torch.Tensor) -> list[float]:
     return torch.where(total > 0, 2 * inter / total.clamp_min(1), torch.ones_like(total)).tolist()
 
 
+@torch.no_grad()
+def predict(net, images, batch_size: int, device) -> torch.Tensor:
+    return torch.cat([net(normalize(images[i:i + batch_size]).to(device)).float().cpu()
+                      for i in range(0, len(images), batch_size)])
+
+
+def evaluate(logits: torch.Tensor, masks: torch.Tensor) -> dict[str, float]:
+    """The SegmentationModule's test metrics (Dice per image averaged, pooled IoU and F1) of a whole split."""
+    from lightning_mbu.module import segmentation_metrics
+
+    metrics, target = segmentation_metrics(""), masks.long()
+    metrics["dice"].update((logits > 0).long(), target)
+    metrics["iou"].update(logits.sigmoid(), target)
+    metrics["f1"].update(logits.sigmoid(), target)
+    return {k: float(v) for k, v in metrics.compute().items()}
+
+
 def wait_for(path: Path, deadline: float) -> dict:
     while not path.exists():
         if time.time() > deadline:
@@ -216,29 +233,30 @@ def train_row(a) -> int:
     trainer.fit(module, train_dataloaders=loader)
     train_seconds = time.perf_counter() - start
 
-    # float32 evaluation (no TF32) of the final weights on the whole images, as the packed engines compute
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    evaluator = pl.Trainer(precision="32-true", **common)
     result = {"row": a.row, **asdict(row), "base": a.base, "crop": a.crop, "batch_size": a.batch_size, "lr": a.lr,
               "seconds_budget": seconds, "train_seconds": train_seconds, "steps": budget.steps,
-              "epochs": budget.epochs, "train_loss": budget.losses, "device": torch.cuda.get_device_name() if cuda else "cpu"}
-    for split in ("val", "test"):
-        images, masks, _ = splits[split]
-        metrics = evaluator.test(module, dataloaders=eval_loader(images, masks, a.batch_size), verbose=False)[0]
-        result[split] = {k.split("/", 1)[1]: float(v) for k, v in metrics.items() if k != "test/loss"}
-    net = module.net.eval().to(device)
-    with torch.no_grad():
-        images, masks, ids = splits["test"]
-        logits = torch.cat([net(normalize(images[i:i + a.batch_size]).to(device)).cpu()
-                            for i in range(0, len(images), a.batch_size)])
-    result["test_per_image_dice"] = dict(zip(ids, per_image_dice(logits, masks)))
+              "epochs": budget.epochs, "train_loss": budget.losses,
+              "device": torch.cuda.get_device_name() if cuda else "cpu"}
+    net = module.net.eval()
     if row.config is not None:
         result["weight_states"] = net.weight_state_fractions()
         result["mask_t"] = callbacks[-1].current_t
+    # saved before evaluation, so a row stopped at the deadline still leaves its weights and curve
     hparams = {k: v for k, v in module.hparams.items() if k not in ("teacher", "kd_weight", "kd_temperature",
                                                                    "init_from_teacher")}
     torch.save({"hyper_parameters": hparams, "state_dict": {k: v.cpu() for k, v in module.state_dict().items()}},
                work / f"{a.row}.ckpt")
+    (work / f"{a.row}.train.json").write_text(json.dumps(result, indent=1))
+
+    # one float32 pass (no TF32, as the packed engines compute) per split over the whole images
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    net.to(device)
+    for split in ("val", "test"):
+        images, masks, ids = splits[split]
+        logits = predict(net, images, a.batch_size, device)
+        result[split] = evaluate(logits, masks)
+        if split == "test":
+            result["test_per_image_dice"] = dict(zip(ids, per_image_dice(logits, masks)))
     (work / f"{a.row}.json").write_text(json.dumps(result, indent=1))
     print(f"{a.row}: {budget.epochs} epochs / {budget.steps} steps in {train_seconds:.0f} s; "
           f"test dice {result['test']['dice']:.4f}", flush=True)
@@ -315,7 +333,10 @@ def run(a) -> int:
             p.kill()
             print(f"{r}: killed at the deadline", flush=True)
     results = {r: json.loads((work / f"{r}.json").read_text()) for r in rows if (work / f"{r}.json").exists()}
-    summary = {"rows": results, "missing": [r for r in rows if r not in results],
+    trained = {r: json.loads((work / f"{r}.train.json").read_text()) for r in rows
+               if r not in results and (work / f"{r}.train.json").exists()}
+    summary = {"rows": results, "trained_not_evaluated": trained,
+               "missing": [r for r in rows if r not in results and r not in trained],
                "settings": {k: v for k, v in vars(a).items() if k != "func"}}
     summary["export"] = export_best(results, work, out)
     left = deadline - time.time()
@@ -331,6 +352,86 @@ def run(a) -> int:
     print(f"missing: {summary['missing']}; export: {summary['export']}; wall {summary['wall_seconds']:.0f} s")
     if "cuda_engine" in summary:
         print("cuda engine:", summary["cuda_engine"].get("error", "ok"))
+    return 0
+
+
+# -- the report: Table 1 next to the paper, Fig. 3a, 3c and 7 ------------------------------------
+#: the paper's Nuclei column of Table 1 (Dice, IoU, F1)
+PAPER_NUCLEI = {"fp": (0.867, 0.776, 0.874), "int8": (0.823, 0.741, 0.851), "int4": (0.819, 0.739, 0.850),
+                "mbu": (0.817, 0.722, 0.839), "binary": (0.434, 0.302, 0.464)}
+TABLE_ROWS = {"fp": "Full precision", "int8": "INT8 weights", "int4": "INT4 weights", "mbu": "MBU-Net",
+              "binary": "Binary"}
+
+
+def table(rows: dict) -> str:
+    """Markdown: the Table 1 rows, then the ablations and the sweep, each beside the paper where it has one."""
+    head = ("| row | config (stem) | epochs / steps | val Dice | test Dice | test IoU | test F1 | paper Dice / IoU / F1 |\n"
+            "|---|---|---|---|---|---|---|---|")
+    lines = [head]
+    for name, res in rows.items():
+        t, paper = res["test"], PAPER_NUCLEI.get(name)
+        cfg = "FP" if res["config"] is None else f"`{res['config']}` ({res['stem']})"
+        lines.append(f"| {TABLE_ROWS.get(name, name)} | {cfg} | {res['epochs']} / {res['steps']} | "
+                     f"{res['val']['dice']:.3f} | {t['dice']:.3f} | {t['iou']:.3f} | {t['f1']:.3f} | "
+                     + (" / ".join(f"{v:.3f}" for v in paper) if paper else "") + " |")
+    return "\n".join(lines)
+
+
+def figures(a) -> int:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from lightning_mbu.config import PAPER_NAMES
+    from lightning_mbu.search.cost import CostModel
+
+    summary = json.loads(Path(a.results).read_text())
+    rows, out = summary["rows"], Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    print(table(rows))
+
+    # Fig. 3a: -1 / 0 / +1 share of every masked layer of the exported MBU-Net and of the all-masked net
+    nets = [r for r in (summary.get("export", {}).get("row"), "k12_init_kd") if r in rows]
+    fig, axes = plt.subplots(1, len(nets), figsize=(5 + 3 * len(nets), 3.6), squeeze=False)
+    for ax, name in zip(axes[0], nets):
+        states = rows[name]["weight_states"]
+        labels = [PAPER_NAMES.get(n, "stem") for n in states]
+        bottom = np.zeros(len(states))
+        for key, color in (("zero", "tab:gray"), ("neg", "tab:blue"), ("pos", "tab:red")):
+            v = np.array([s[key] for s in states.values()])
+            ax.bar(labels, v, bottom=bottom, color=color, label={"zero": "0 (masked)", "neg": "-1", "pos": "+1"}[key])
+            bottom += v
+        ax.set_title(f"{name}: `{rows[name]['config']}`", fontsize=9)
+        ax.set_ylabel("share of weights")
+        ax.tick_params(axis="x", rotation=60)
+    axes[0][0].legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(out / "fig3a_sparsity.png", dpi=120)
+    plt.close(fig)
+
+    # Fig. 7: test Dice against the deployed net's binary ops (512x512, base 64) for the cost-aware configs
+    cost = CostModel.measure((512, 512), base=64)
+    sweep = [(k, f"k{k}_init_kd" if k != 4 else "mbu_init_kd") for k in sorted(COST_AWARE)]
+    pts = [(k, cost.config_binary_ops(COST_AWARE[k]) / 1e9, rows[r]["test"]["dice"]) for k, r in sweep if r in rows]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot([p[1] for p in pts], [p[2] for p in pts], "o-", color="tab:orange", label="cost-aware k, FP init + KD")
+    for k, x, y in pts:
+        ax.annotate(f"k={k}", (x, y), fontsize=8, xytext=(3, 3), textcoords="offset points")
+    for name, marker in (("mbu", "s"), ("binary", "v")):
+        if name in rows:
+            cfg = "BBBBBBBBBBBB" if name == "binary" else rows[name]["config"]
+            ax.scatter([cost.config_binary_ops(cfg) / 1e9], [rows[name]["test"]["dice"]], marker=marker,
+                       color="tab:gray", label=f"{name}, from scratch")
+    if "fp" in rows:
+        ax.axhline(rows["fp"]["test"]["dice"], color="tab:green", ls="--", lw=1, label="full precision")
+    ax.set_xlabel("G binary ops (xor encoding, 512x512, base 64)")
+    ax.set_ylabel("test Dice")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "fig7_pareto_ops.png", dpi=120)
+    plt.close(fig)
+    print(f"wrote {out / 'fig3a_sparsity.png'}, {out / 'fig7_pareto_ops.png'}")
     return 0
 
 
@@ -363,6 +464,10 @@ def main(argv=None) -> int:
     t.add_argument("--seconds", type=float, default=60, help="training time (phase 2 rows read it from phase2.json)")
     t.add_argument("--threads", type=int, default=2)
     t.set_defaults(func=train_row)
+    f = sub.add_parser("figures", help="Table 1 as markdown, Fig. 3a and Fig. 7 from a results.json")
+    f.add_argument("results")
+    f.add_argument("--out", default="docs")
+    f.set_defaults(func=figures)
     a = p.parse_args(argv)
     return a.func(a)
 

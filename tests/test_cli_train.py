@@ -53,8 +53,8 @@ def test_train_eval_info_on_the_builtin_sample(tmp_path, capsys):
 
 
 def test_full_precision_run_then_quantized_run_initialised_from_it(tmp_path):
-    fp = train(tmp_path, "--config", "fp", name="fp")
-    assert fp["config"] == "fp"
+    fp = train(tmp_path, "--config", "fp", "--batch-size", "2", "--limit-test-batches", "1", name="fp")
+    assert fp["config"] == "fp" and fp["test"]["images"] == 2  # one test batch of two
     # no --base: the width comes from the full-precision checkpoint
     args = [a for a in QUICK if a not in ("--base", "4")]
     out = tmp_path / "q.json"

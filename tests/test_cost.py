@@ -48,8 +48,9 @@ def test_binary_ops_follow_the_gemm_and_encodings(small):
     assert layer.binary_ops("binary", "xor") == 2 * m * n * k
     assert layer.binary_ops("binary", "and") == 2 * m * (n + 1) * k  # the popc(a') column
     assert layer.binary_ops("masked", "xor") == layer.binary_ops("masked", "and") == 2 * m * 2 * n * k
+    assert layer.binary_ops("int4") == 2 * layer.binary_ops("masked")  # four bit-serial planes
     with pytest.raises(ValueError, match="up_ct4"):
-        layer.binary_ops("int4")
+        layer.binary_ops("fp")
     with pytest.raises(ValueError, match="encoding"):
         layer.binary_ops("binary", "nand")
     masked, binary = small.config_binary_ops("M" * 12), small.config_binary_ops("B" * 12)

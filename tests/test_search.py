@@ -5,6 +5,7 @@ takes well under a second; worker and crash tests really spawn and kill processe
 """
 
 import json
+import multiprocessing
 import os
 import signal
 import sqlite3
@@ -20,6 +21,7 @@ from optuna.trial import TrialState
 
 from lightning_mbu.cli import main
 from lightning_mbu.search.sampler import ShapleyCostSampler
+from lightning_mbu.search.study import make_storage
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--size", "32x32", "--base", "4", "--batch-size", "2", "--train-batches", "1", "--val-batches", "1",
@@ -65,6 +67,29 @@ def test_sampler_masks_layers_with_high_gain_per_cost_and_never_repeats():
     assert rate["mid_good"] > rate["dear_bad"]
 
 
+# -- storage under contention ----------------------------------------------------------------
+def _take_queued(url: str) -> list[int]:
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    study = optuna.load_study(study_name="race", storage=make_storage(url, 1, 5))
+    taken = []
+    while True:
+        trial = study.ask()
+        if not trial.user_attrs.get("queued"):
+            return taken  # the queue is empty: ask made a fresh trial
+        taken.append(trial.suggest_int("x", 0, 29))
+
+
+def test_queued_trials_are_taken_once_by_concurrent_workers(tmp_path):
+    # plain Optuna on SQLite hands some queued trials to two workers (optuna#4002)
+    url = f"sqlite:///{tmp_path / 'race.db'}"
+    study = optuna.create_study(study_name="race", storage=make_storage(url, 1, 5))
+    for x in range(30):
+        study.enqueue_trial({"x": x}, user_attrs={"queued": True})
+    with multiprocessing.get_context("spawn").Pool(3) as pool:
+        taken = [x for xs in pool.map(_take_queued, [url] * 3) for x in xs]
+    assert sorted(taken) == list(range(30))
+
+
 # -- end to end -----------------------------------------------------------------------------
 def test_search_budget_6_on_the_sample_writes_the_summary(tmp_path, capsys):
     out = tmp_path / "s"
@@ -98,8 +123,17 @@ def test_two_workers_share_one_sqlite_storage(tmp_path):
     assert len(set(configs)) == len(configs)  # each queued cost-aware config ran once
 
 
-def _wait_for_running_trial(out: Path, proc: subprocess.Popen, timeout: float = 180) -> int:
-    """The number of a trial that is running after at least one has completed."""
+RUNNING_SQL = {
+    # right after a worker took the trial: before the objective starts
+    "at_start": "SELECT number FROM trials WHERE state = 'RUNNING'",
+    # after the trial has validated at least one epoch
+    "mid_training": "SELECT t.number FROM trials t JOIN trial_user_attributes a ON a.trial_id = t.trial_id "
+                    "WHERE t.state = 'RUNNING' AND a.key = 'val_dice' AND a.value_json != '[]'",
+}
+
+
+def _wait_for_running_trial(out: Path, proc: subprocess.Popen, when: str, timeout: float = 180) -> int:
+    """The number of a trial running (``when``) after at least one trial has completed."""
     db = out / "study.db"
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -107,25 +141,26 @@ def _wait_for_running_trial(out: Path, proc: subprocess.Popen, timeout: float = 
         if db.exists():
             try:
                 with sqlite3.connect(db, timeout=5) as con:
-                    states = dict(con.execute("SELECT number, state FROM trials").fetchall())
+                    completed = con.execute("SELECT count(*) FROM trials WHERE state = 'COMPLETE'").fetchone()[0]
+                    running = [n for (n,) in con.execute(RUNNING_SQL[when]).fetchall()]
             except sqlite3.OperationalError:
-                states = {}  # tables not created yet
-            running = [n for n, s in states.items() if s == "RUNNING"]
-            if running and "COMPLETE" in states.values():
+                completed, running = 0, []  # tables not created yet
+            if completed and running:
                 return running[0]
-        time.sleep(0.02)
-    raise AssertionError("no trial started running")
+        time.sleep(0.01)
+    raise AssertionError(f"no trial was running ({when})")
 
 
-def test_killed_worker_loses_nothing_and_the_study_completes_on_restart(tmp_path):
+@pytest.mark.parametrize("when", ["at_start", "mid_training"])
+def test_killed_worker_loses_nothing_and_the_study_completes_on_restart(tmp_path, when):
     out = tmp_path / "k"
     args = ["search", "--budget", "3", "--out", str(out), "--heartbeat", "1", "--grace", "2", *TINY,
-            "--epochs-per-trial", "15"]  # long enough to be killed mid-trial
+            "--epochs-per-trial", "6"]  # long enough to be killed mid-trial
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen([sys.executable, "-m", "lightning_mbu.cli", *args], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        killed = _wait_for_running_trial(out, proc)
+        killed = _wait_for_running_trial(out, proc, when)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
@@ -142,7 +177,8 @@ def test_killed_worker_loses_nothing_and_the_study_completes_on_restart(tmp_path
     assert trials[killed].state == TrialState.FAIL  # marked stale by the heartbeat
     retries = [t for t in study.trials if t.system_attrs.get("failed_trial") == killed]
     assert retries and retries[0].state == TrialState.COMPLETE
-    assert retries[0].params == trials[killed].params
+    # the retry runs the same queued config, even when the kill came before all 12 were suggested
+    assert retries[0].params == trials[killed].system_attrs["fixed_params"]
 
 
 def test_grid_over_a_subset_gives_exact_shapley_and_resume_checks_settings(tmp_path, capsys):
@@ -164,3 +200,11 @@ def test_bad_storage_gives_a_clear_error(tmp_path, capsys):
     junk.write_bytes(b"this is not a database" * 100)
     assert main(["search", "--budget", "2", "--out", str(tmp_path), "--storage", f"sqlite:///{junk}", *TINY]) == 2
     assert "junk.db" in capsys.readouterr().err
+
+
+def test_journal_storage_runs_a_budget(tmp_path):
+    journal = tmp_path / "study.log"
+    assert main(["search", "--budget", "2", "--out", str(tmp_path), "--storage", f"journal:{journal}", *TINY]) == 0
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
+    assert len(finished(optuna.load_study(study_name="mbu-search", storage=storage))) == 2
+    assert json.loads((tmp_path / "summary.json").read_text())["finished"] == 2

@@ -10,6 +10,8 @@ import argparse
 import json
 from pathlib import Path
 
+from ..data.datamodule import NORMALIZATIONS
+
 #: what `lightning-mbu train` uses when no --data is given: the built-in sample, sized to
 #: train and evaluate in a couple of minutes on 2 CPU cores (explicit flags override these)
 SAMPLE_DEFAULTS = {"size": 128, "base": 8, "max_epochs": 40, "lr": 3e-3, "batch_size": 4}
@@ -33,6 +35,8 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--val-fraction", type=float, default=None, help="default 0.15")
     g.add_argument("--test-fraction", type=float, default=None, help="default 0.15")
     g.add_argument("--split-seed", type=int, default=None, help="seed of the train/val/test split (default 0)")
+    g.add_argument("--normalization", choices=NORMALIZATIONS, default=None,
+                   help="pixel normalisation (default image: per-image zero mean, unit variance)")
     g.add_argument("--no-augment", dest="augment", action="store_false", default=None,
                    help="train without augmentation")
     g.add_argument("--skip-bad", action="store_true", default=None,
@@ -41,7 +45,7 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
 
 _DATA_KEYS = {"data_root": "data_root", "layout": "layout", "size": "size", "batch_size": "batch_size",
               "num_workers": "num_workers", "val_fraction": "val_fraction", "test_fraction": "test_fraction",
-              "split_seed": "seed", "augment": "augment", "skip_bad": "skip_bad"}
+              "split_seed": "seed", "normalization": "normalization", "augment": "augment", "skip_bad": "skip_bad"}
 
 
 def data_kwargs(args: argparse.Namespace, base: dict | None = None) -> dict:
@@ -131,6 +135,12 @@ def metrics_table(rows: list[dict]) -> str:
 def stage_metrics(results: dict, stage: str) -> dict:
     """{'dice': .., 'iou': .., 'f1': .., 'loss': ..} from Lightning's '<stage>/<metric>' results."""
     return {m: float(results[f"{stage}/{m}"]) for m in METRICS if f"{stage}/{m}" in results}
+
+
+def tested_images(trainer, loader) -> int:
+    """How many images the last ``trainer.test`` saw (``limit_test_batches`` may cut the loader short)."""
+    loader = loader[0] if isinstance(loader, (list, tuple)) else loader
+    return min(len(loader.dataset), int(trainer.num_test_batches[0]) * loader.batch_size)
 
 
 def write_json(path: Path, payload: dict) -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import add_data_args, add_trainer_args, build_trainer, data_kwargs, metrics_table, stage_metrics, write_json
+from . import (add_data_args, add_trainer_args, build_trainer, data_kwargs, metrics_table, stage_metrics,
+               tested_images, write_json)
 
 SPLITS = ("test", "val", "train", "all")
 
@@ -43,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     for split in args.split:
         loader = datamodule.dataloader(split)
         result = trainer.test(module, dataloaders=loader, verbose=False)[0]
-        rows.append({"split": split, "images": len(loader.dataset), **stage_metrics(result, "test")})
+        rows.append({"split": split, "images": tested_images(trainer, loader), **stage_metrics(result, "test")})
     print(f"checkpoint: {args.checkpoint} (config {module.hparams.config or 'fp'}, base {module.hparams.base})")
     print(f"data: {datamodule.root} ({datamodule.layout.name}, size {datamodule.size or 'native'})")
     print(metrics_table(rows))

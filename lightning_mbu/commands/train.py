@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..callbacks import MASK_SCHEDULES
 from . import (SAMPLE_DEFAULTS, add_data_args, add_trainer_args, build_trainer, data_kwargs, metrics_table,
-               stage_metrics, write_json)
+               stage_metrics, tested_images, write_json)
 
 DEFAULT_CONFIG = "BBBBMMMMBBBB"  # the transposed convs masked: cheap to mask, a large gain (paper §4)
 PAPER_EPOCHS = 30
@@ -67,8 +67,8 @@ def build_module(args: argparse.Namespace):
 
     config = None if args.config.lower() in ("fp", "none") else args.config
     module = SegmentationModule(
-        config=config, base=args.base, stem_mode=args.stem_mode, masked_statistic=args.statistic, masked_t=args.target_t,
-        optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay, momentum=args.momentum,
+        config=config, base=args.base, stem_mode=args.stem_mode, masked_statistic=args.statistic,
+        masked_t=args.target_t, optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay, momentum=args.momentum,
         grad_clip=args.gradient_clip, dice_weight=args.dice_weight,
     )
     if args.init_from is not None:
@@ -120,7 +120,8 @@ def run(args: argparse.Namespace) -> int:
     if datamodule.test_fraction > 0 and args.limit_test_batches != 0:
         tested = trainer.test(module, datamodule=datamodule, ckpt_path=best_path, verbose=False)
         results["test"] = stage_metrics(tested[0], "test")
-        rows.append({"split": "test", "images": len(datamodule.splits["test"]), **results["test"]})
+        results["test"]["images"] = tested_images(trainer, trainer.test_dataloaders)
+        rows.append({"split": "test", **results["test"]})
 
     if trainer.is_global_zero:
         log_dir = Path(trainer.log_dir or trainer.default_root_dir)

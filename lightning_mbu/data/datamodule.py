@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -30,6 +31,7 @@ def build_transform(size: tuple[int, int] | None, augment: bool | A.BasicTransfo
     if normalization not in NORMALIZATIONS:
         raise ValueError(f"unknown normalization {normalization!r}; valid: {', '.join(NORMALIZATIONS)}")
     # imported here so the readers and the split import without albumentations/OpenCV (e.g. on a GPU box)
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # skip its check for a newer version online
     import albumentations as A
     import cv2
 

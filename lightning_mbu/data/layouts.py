@@ -42,9 +42,8 @@ def _require_dirs(root: Path, layout: str, *dirs: str) -> None:
         raise FileNotFoundError(f"data root {root} does not exist or is not a folder")
     for d in dirs:
         if not (root / d).is_dir():
-            raise FileNotFoundError(
-                f"{root} is not a {layout!r} dataset: missing folder {root / d} (expected {LAYOUTS[layout].description})"
-            )
+            raise FileNotFoundError(f"{root} is not a {layout!r} dataset: missing folder {root / d} "
+                                    f"(expected {LAYOUTS[layout].description})")
 
 
 def _images_in(folder: Path, suffixes=IMAGE_SUFFIXES) -> list[Path]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -114,6 +115,8 @@ def run_search_command(args: argparse.Namespace) -> int:
     )
     if args.data is not None and not Path(args.data).exists():
         raise FileNotFoundError(f"--data {args.data} does not exist")
+    logging.basicConfig(format="%(message)s")
+    logging.getLogger("lightning_mbu.search").setLevel(logging.INFO)  # one line per finished trial
     start = time.perf_counter()
     study = run_search(settings)
     summary = summarize(study, settings, settings.cost_model())

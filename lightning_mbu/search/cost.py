@@ -13,7 +13,7 @@ Two views of the same convs:
   packed in 32-bit words, so K is padded to a multiple of 32 per kernel tap. A masked
   layer runs two bit-planes (b+ and b-, 2N columns) in both encodings; a binary layer
   runs one plane, plus, in the AND encoding, one extra column of ones that yields the
-  per-window popc(a') (N+1 columns).
+  per-window popc(a') (N+1 columns). k-bit weights are costed as k planes (bit-serial).
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ from ..model import MBUNet
 #: Bits per packed word along the input-channel axis (docs/format.md).
 WORD_BITS = 32
 ENCODINGS = ("xor", "and")
+#: bit-planes a weight mode runs as: masked is b+ and b-, k-bit weights run bit-serially
+WEIGHT_PLANES = {"binary": 1, "masked": 2, "int2": 2, "int4": 4, "int8": 8}
 NORMALIZATIONS = ("max", "minmax")
 #: Convs outside the 12 configurable layers: the float first conv, the stem, the float 1x1 head.
 FIXED_PARTS = {"first": "inc.conv1.conv", "stem": "inc.conv2.conv", "head": "outc"}
@@ -85,20 +87,16 @@ class LayerCost:
         return sum(c.params for c in self.convs)
 
     def binary_ops(self, mode: str, encoding: str = "xor") -> int:
-        """Bit operations the packed backend runs for this layer in ``mode`` (binary or masked)."""
+        """Bit operations the packed backend runs for this layer in ``mode`` (see WEIGHT_PLANES)."""
         if encoding not in ENCODINGS:
             raise ValueError(f"unknown encoding {encoding!r}; valid: {', '.join(ENCODINGS)}")
         total = 0
         for conv in self.convs:
             m, n, k = conv.gemm()
-            if mode == "masked":
-                cols = 2 * n
-            elif mode == "binary":
-                cols = n + 1 if encoding == "and" else n
-            else:
-                raise ValueError(
-                    f"layer {self.name}: binary op counts exist for binary and masked weights, not {mode!r}"
-                )
+            if mode not in WEIGHT_PLANES:
+                raise ValueError(f"layer {self.name}: binary op counts exist for "
+                                 f"{', '.join(WEIGHT_PLANES)} weights, not {mode!r}")
+            cols = n * WEIGHT_PLANES[mode] + (mode == "binary" and encoding == "and")
             total += 2 * m * cols * k
         return total
 

@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import optuna
+import sqlalchemy
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.study import MaxTrialsCallback
@@ -42,6 +43,7 @@ from .sampler import ShapleyCostSampler
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 DIRECTIONS = ("maximize", "minimize")  # (val Dice, binary ops)
 SETTINGS_ATTR = "lightning_mbu"
+log = logging.getLogger(__name__)
 #: study settings that must match when a study is resumed, or its trials are not comparable
 RESUME_KEYS = ("layers", "choices", "background", "grid", "cost_base", "cost_size", "encoding", "w_op")
 
@@ -108,6 +110,9 @@ class SearchSettings:
             raise ValueError(f"budget must be a positive number of trials, got {self.budget}")
         if self.workers < 1:
             raise ValueError(f"workers must be at least 1, got {self.workers}")
+        if not 1 <= self.heartbeat_interval < self.grace_period:
+            raise ValueError(f"need 1 <= heartbeat interval ({self.heartbeat_interval} s) < grace period "
+                             f"({self.grace_period} s), or live trials would be declared stale")
 
     @property
     def storage_url(self) -> str:
@@ -156,7 +161,7 @@ def make_storage(url: str, heartbeat_interval: int | None = 10, grace_period: in
         kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return _HeartbeatFromStartRDBStorage(
+            return _WorkerSafeRDBStorage(
                 url, engine_kwargs=kwargs, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
                 heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3),
             )
@@ -164,25 +169,47 @@ def make_storage(url: str, heartbeat_interval: int | None = 10, grace_period: in
         raise ValueError(f"cannot open study storage {_redact(url)!r}: {type(e).__name__}: {e}") from e
 
 
-class _HeartbeatFromStartRDBStorage(RDBStorage):
-    """RDBStorage that records a trial's first heartbeat the moment it starts running.
+class _WorkerSafeRDBStorage(RDBStorage):
+    """RDBStorage fixed for several worker processes on one database.
 
-    Optuna starts the heartbeat thread only after ``study.ask`` has created the trial and
-    run the sampler; a worker killed in between leaves a RUNNING trial with no heartbeat,
-    which Optuna never considers stale, so the budget would wait for it forever.
+    - SQLite ignores SELECT ... FOR UPDATE, so two workers can both see a queued trial
+      WAITING and both take it (optuna/optuna#4002, #4621): here every SQLite transaction
+      starts with BEGIN IMMEDIATE, which serialises them (the pysqlite recipe in the
+      SQLAlchemy docs); MySQL and PostgreSQL lock rows already.
+    - Optuna starts the heartbeat thread only after ``study.ask`` has made the trial
+      RUNNING and run the sampler; a worker killed in between leaves a RUNNING trial with
+      no heartbeat, which Optuna never declares stale, so the budget would wait for it
+      forever. Here the first heartbeat is written before a trial turns RUNNING, and new
+      trials are created WAITING and then taken like queued ones.
     """
 
-    def create_new_trial(self, study_id, template_trial=None):
-        trial_id = super().create_new_trial(study_id, template_trial)
-        if self.heartbeat_interval and (template_trial is None or template_trial.state == TrialState.RUNNING):
-            self.record_heartbeat(trial_id)
-        return trial_id
+    def __init__(self, url: str, **kwargs):
+        super().__init__(url, **kwargs)
+        if self.engine.dialect.name == "sqlite":
+            sqlalchemy.event.listen(self.engine, "connect", _sqlite_manual_transactions)
+            sqlalchemy.event.listen(self.engine, "begin", _sqlite_begin_immediate)
+            self.engine.dispose()  # connections opened during set-up predate the listeners
 
     def set_trial_state_values(self, trial_id, state, values=None):
-        changed = super().set_trial_state_values(trial_id, state, values)
-        if changed and state == TrialState.RUNNING and self.heartbeat_interval:
-            self.record_heartbeat(trial_id)  # a queued trial taken by a worker
-        return changed
+        if state == TrialState.RUNNING and self.heartbeat_interval:
+            self.record_heartbeat(trial_id)
+        return super().set_trial_state_values(trial_id, state, values)
+
+    def create_new_trial(self, study_id, template_trial=None):
+        if template_trial is not None or not self.heartbeat_interval:
+            return super().create_new_trial(study_id, template_trial)
+        while True:  # another worker may take the waiting trial first; it then runs it
+            trial_id = super().create_new_trial(study_id, optuna.trial.create_trial(state=TrialState.WAITING))
+            if self.set_trial_state_values(trial_id, TrialState.RUNNING):
+                return trial_id
+
+
+def _sqlite_manual_transactions(dbapi_connection, connection_record) -> None:
+    dbapi_connection.isolation_level = None  # pysqlite must not issue its own (deferred) BEGIN
+
+
+def _sqlite_begin_immediate(connection) -> None:
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def _has_heartbeat(storage) -> bool:
@@ -238,10 +265,11 @@ class SurplusTrial(Exception):
 class MBUObjective:
     """Train one config briefly through Lightning and return (validation Dice, binary-op cost)."""
 
-    def __init__(self, settings: SearchSettings, cost_model: CostModel, check_budget: bool = True):
+    def __init__(self, settings: SearchSettings, cost_model: CostModel, count_running: bool = True):
         self.settings = settings
         self.cost_model = cost_model
-        self.check_budget = check_budget
+        # running trials only hold budget where a heartbeat tells live ones from dead ones
+        self.count_running = count_running
         # no pruning in a grid: exact Shapley values need every config's final Dice
         self.rule = (CheaperPercentileRule(settings.prune_percentile, settings.prune_startup,
                                            n_warmup_epochs=max(1, settings.trial.epochs // 2))
@@ -249,7 +277,7 @@ class MBUObjective:
 
     def _is_surplus(self, trial: optuna.Trial) -> bool:
         others = trial.study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))
-        taken = [t for t in others if t.state in FINISHED or t.number < trial.number]
+        taken = [t for t in others if t.state in FINISHED or (self.count_running and t.number < trial.number)]
         return len(taken) >= self.settings.effective_budget
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, float]:
@@ -259,14 +287,13 @@ class MBUObjective:
         from ..data import SegmentationDataModule
         from ..module import SegmentationModule
 
-        if self.check_budget and self._is_surplus(trial):
+        if self._is_surplus(trial):
             trial.set_user_attr("surplus", True)
             trial.study.stop()  # back to run_worker, which waits while the budget is in flight
             raise SurplusTrial(f"trial {trial.number} is beyond the budget of {self.settings.effective_budget}")
         s, ts = self.settings, self.settings.trial
         config = s.config_of({n: trial.suggest_categorical(n, s.choices) for n in s.layers})
-        cost = float(self.cost_model.config_binary_ops(config, s.encoding)) if set(config.modes) <= {
-            "binary", "masked"} else float("nan")
+        cost = float(self.cost_model.config_binary_ops(config, s.encoding))
         trial.set_user_attr("config", str(config))
         trial.set_user_attr(COST_ATTR, cost)
         trial.set_user_attr("n_masked", len(config.layers_with("masked")))
@@ -290,8 +317,8 @@ class MBUObjective:
         trainer.fit(module, datamodule=datamodule)
         trial.set_user_attr("train_seconds", time.perf_counter() - start)
         if reporter.pruned_at is not None:
-            raise optuna.TrialPruned(f"val/dice {reporter.curve[-1]:.4f} at epoch {reporter.pruned_at} is below "
-                                     "the median of cheaper trials")
+            raise optuna.TrialPruned(f"val/dice {reporter.curve[-1]:.4f} at epoch {reporter.pruned_at} is in the "
+                                     f"bottom {self.rule.percentile:g}% of cheaper trials")
         if not reporter.curve:
             raise ValueError("search: training ran no validation epoch; check limit_val_batches and the data")
         return reporter.curve[-1], cost
@@ -308,7 +335,7 @@ def make_sampler(settings: SearchSettings, cost_model: CostModel, worker: int = 
 
 
 def _quiet() -> None:
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # a surplus trial is expected, not worth a traceback
     for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
@@ -333,9 +360,9 @@ def _run_trials(settings: SearchSettings, worker: int) -> None:
     storage = make_storage(settings.storage_url, settings.heartbeat_interval, settings.grace_period)
     cost_model = settings.cost_model()
     study = open_study(settings, storage=storage, sampler=make_sampler(settings, cost_model, worker))
-    objective = MBUObjective(settings, cost_model, check_budget=True)
     budget = settings.effective_budget
     heartbeat = _has_heartbeat(storage)
+    objective = MBUObjective(settings, cost_model, count_running=heartbeat)
     stop_at_budget = MaxTrialsCallback(budget, states=FINISHED)
     while True:
         if heartbeat:
@@ -348,12 +375,21 @@ def _run_trials(settings: SearchSettings, worker: int) -> None:
             time.sleep(settings.poll_interval)
             continue
         study.optimize(objective, n_trials=budget - done - running, catch=(SurplusTrial,),
-                       callbacks=[stop_at_budget], gc_after_trial=False)
+                       callbacks=[stop_at_budget, _log_trial], gc_after_trial=False)
 
 
-def _worker_process(settings: SearchSettings, worker: int, gpu: int | None) -> None:
+def _log_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    if trial.user_attrs.get("surplus"):
+        return
+    dice = f"dice {trial.values[0]:.4f}" if trial.values else trial.state.name.lower()
+    log.info("trial %d %s %s, cost %.2f G binary ops", trial.number, trial.user_attrs.get("config", "?"), dice,
+             trial.user_attrs.get(COST_ATTR, float("nan")) / 1e9)
+
+
+def _worker_process(settings: SearchSettings, worker: int, gpu: int | None, log_level: int) -> None:
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)  # before CUDA starts in this process
+    logging.basicConfig(level=log_level, format=f"[worker {worker}] %(message)s")
     run_worker(settings, worker)
 
 
@@ -380,8 +416,9 @@ def run_search(settings: SearchSettings) -> optuna.Study:
         return study
     gpus = _gpu_count()
     ctx = multiprocessing.get_context("spawn")  # CUDA and SQLite connections do not survive fork
-    procs = [ctx.Process(target=_worker_process, args=(settings, i, i % gpus if gpus else None),
-                         name=f"mbu-search-worker-{i}") for i in range(settings.workers)]
+    procs = [ctx.Process(target=_worker_process, name=f"mbu-search-worker-{i}",
+                         args=(settings, i, i % gpus if gpus else None, log.getEffectiveLevel()))
+             for i in range(settings.workers)]
     for p in procs:
         p.start()
     for p in procs:

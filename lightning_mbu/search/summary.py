@@ -141,10 +141,16 @@ def format_summary(summary: dict) -> str:
             se = s["se"][p]
             est = "not estimable (never varied)" if v is None else f"{v:+.4f}"
             lines.append(f"  {PAPER_NAMES.get(p, p):>8} {est}" + ("" if se is None else f" +- {se:.4f}"))
+    lines += ["", "cost-aware configs (the k cheapest layers masked) among the trials:"]
+    for c in summary["cost_aware"]:
+        runs = ", ".join(f"trial {t['number']} " + (f"dice {t['dice']:.4f}" if t["dice"] is not None else
+                                                     t["state"].lower()) for t in c["trials"])
+        lines.append(f"  k={c['k']:<2} {c['config']}  {runs or 'not run'}")
     lines += ["", "best config per cost bracket (G binary ops):"]
     for b in summary["best_per_cost_bracket"]:
         lo, hi = (x / 1e9 for x in b["bracket"])
         best = b["best"]
-        desc = "no finished trial" if best is None else f"{best['config']} dice {best['dice']:.4f} (trial {best['number']})"
+        desc = ("no finished trial" if best is None
+                else f"{best['config']} dice {best['dice']:.4f} (trial {best['number']})")
         lines.append(f"  {lo:8.2f} - {hi:8.2f}: {desc}")
     return "\n".join(lines)
