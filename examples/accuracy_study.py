@@ -38,7 +38,6 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
-from lightning_mbu.config import LayerConfig  # noqa: E402
 from lightning_mbu.data.datamodule import split_indices  # noqa: E402
 from lightning_mbu.data.dataset import read_sample  # noqa: E402
 from lightning_mbu.data.layouts import get_layout  # noqa: E402
@@ -281,23 +280,17 @@ def export_best(results: dict, work: Path, out: Path) -> dict:
             "bytes": target.stat().st_size if target.exists() else None}
 
 
-def check_cuda_engine(model: Path, data: str, seed: int, seconds: float) -> dict:
-    """Test-set Dice of the packed model on the CUDA backend, in a subprocess with a time limit."""
-    code = (
-        "import json,sys,torch;sys.path.insert(0,sys.argv[1]);from examples.accuracy_study import *;"
-        "from lightning_mbu.ops import load_packed;"
-        "m=load_packed(sys.argv[2],backend='cuda');s=load_splits(sys.argv[3],int(sys.argv[4]))['test'];"
-        "x=normalize(s[0]).cuda();l=torch.cat([m(x[i:i+8]).float().cpu() for i in range(0,len(x),8)]);"
-        "print(json.dumps(dict(zip(s[2],per_image_dice(l,s[1])))))"
-    )
+def check_cuda_engine(results: Path, data: str, seconds: float) -> dict:
+    """``check --backend cuda`` on the exported model, in a subprocess with a time limit."""
+    cmd = [sys.executable, __file__, "check", str(results), str(results.parent / "mbu_best.mbu"), "--data", data,
+           "--backend", "cuda"]
     try:
-        p = subprocess.run([sys.executable, "-c", code, str(ROOT), str(model), data, str(seed)],
-                           capture_output=True, text=True, timeout=max(1.0, seconds))
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=max(1.0, seconds))
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {seconds:.0f} s"}
     if p.returncode:
         return {"error": p.stderr.strip().splitlines()[-1] if p.stderr.strip() else f"exit {p.returncode}"}
-    return {"test_per_image_dice": json.loads(p.stdout.strip().splitlines()[-1])}
+    return json.loads(p.stdout)
 
 
 def run(a) -> int:
@@ -339,11 +332,12 @@ def run(a) -> int:
                "missing": [r for r in rows if r not in results and r not in trained],
                "settings": {k: v for k, v in vars(a).items() if k != "func"}}
     summary["export"] = export_best(results, work, out)
-    left = deadline - time.time()
-    if summary["export"].get("exit_code") == 0 and torch.cuda.is_available() and left > 15:
-        summary["cuda_engine"] = check_cuda_engine(out / "mbu_best.mbu", a.data, a.seed, left - 5)
     summary["wall_seconds"] = time.time() - start
     (out / "results.json").write_text(json.dumps(summary, indent=1))
+    left = deadline - time.time()
+    if summary["export"].get("exit_code") == 0 and torch.cuda.is_available() and left > 15:
+        summary["cuda_engine"] = check_cuda_engine(out / "results.json", a.data, left - 5)
+        (out / "results.json").write_text(json.dumps(summary, indent=1))
     print(f"{'row':<18}{'config':>14}{'epochs':>7}{'steps':>6}{'val dice':>9}{'test dice':>10}{'iou':>7}{'f1':>7}")
     for r, res in results.items():
         t = res["test"]
@@ -352,6 +346,29 @@ def run(a) -> int:
     print(f"missing: {summary['missing']}; export: {summary['export']}; wall {summary['wall_seconds']:.0f} s")
     if "cuda_engine" in summary:
         print("cuda engine:", summary["cuda_engine"].get("error", "ok"))
+    return 0
+
+
+def check_engine(a) -> int:
+    """Test-set Dice of the exported model on a packed backend against the PyTorch net it came from."""
+    from lightning_mbu import load_packed
+
+    summary = json.loads(Path(a.results).read_text())
+    row = summary["export"]["row"]
+    ref = summary["rows"][row]["test_per_image_dice"]
+    images, masks, ids = load_splits(a.data, summary["settings"]["seed"])["test"]
+    model = load_packed(a.model, backend=a.backend)
+    device = "cuda" if a.backend == "cuda" else "cpu"
+    start = time.perf_counter()
+    with torch.no_grad():
+        logits = torch.cat([model(normalize(images[i:i + 8]).to(device)).float().cpu()
+                            for i in range(0, len(images), 8)])
+    dice = dict(zip(ids, per_image_dice(logits, masks)))
+    diff = np.array([dice[i] - ref[i] for i in ids])
+    report = {"row": row, "backend": a.backend, "images": len(ids), "engine_mean_dice": float(np.mean(list(dice.values()))),
+              "pytorch_mean_dice": float(np.mean([ref[i] for i in ids])), "max_abs_diff": float(np.abs(diff).max()),
+              "images_differing": int((np.abs(diff) > 0).sum()), "seconds": time.perf_counter() - start}
+    print(json.dumps(report, indent=1))
     return 0
 
 
@@ -412,6 +429,10 @@ def figures(a) -> int:
 
     # Fig. 7: test Dice against the deployed net's binary ops (512x512, base 64) for the cost-aware configs
     cost = CostModel.measure((512, 512), base=64)
+    ranked = cost.cost_aware_configs()
+    stale = {k: c for k, c in COST_AWARE.items() if str(ranked[k]) != c}
+    if stale:
+        raise ValueError(f"COST_AWARE no longer matches the cost model's ranking: {stale}")
     sweep = [(k, f"k{k}_init_kd" if k != 4 else "mbu_init_kd") for k in sorted(COST_AWARE)]
     pts = [(k, cost.config_binary_ops(COST_AWARE[k]) / 1e9, rows[r]["test"]["dice"]) for k, r in sweep if r in rows]
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -420,13 +441,17 @@ def figures(a) -> int:
         ax.annotate(f"k={k}", (x, y), fontsize=8, xytext=(3, 3), textcoords="offset points")
     for name, marker in (("mbu", "s"), ("binary", "v")):
         if name in rows:
-            cfg = "BBBBBBBBBBBB" if name == "binary" else rows[name]["config"]
-            ax.scatter([cost.config_binary_ops(cfg) / 1e9], [rows[name]["test"]["dice"]], marker=marker,
+            model = cost if rows[name]["stem"] == "masked" else CostModel.measure((512, 512), 64,
+                                                                                  stem_mode=rows[name]["stem"])
+            ax.scatter([model.config_binary_ops(rows[name]["config"]) / 1e9], [rows[name]["test"]["dice"]], marker=marker,
                        color="tab:gray", label=f"{name}, from scratch")
     if "fp" in rows:
         ax.axhline(rows["fp"]["test"]["dice"], color="tab:green", ls="--", lw=1, label="full precision")
     ax.set_xlabel("G binary ops (xor encoding, 512x512, base 64)")
     ax.set_ylabel("test Dice")
+    st = summary["settings"]
+    ax.set_title(f"trained at {Path(st['data']).name}, base {st['base']} ({rows['fp']['device'] if 'fp' in rows else ''})",
+                 fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "fig7_pareto_ops.png", dpi=120)
@@ -464,6 +489,12 @@ def main(argv=None) -> int:
     t.add_argument("--seconds", type=float, default=60, help="training time (phase 2 rows read it from phase2.json)")
     t.add_argument("--threads", type=int, default=2)
     t.set_defaults(func=train_row)
+    c = sub.add_parser("check", help="the exported model's test Dice on a packed backend vs its PyTorch net")
+    c.add_argument("results")
+    c.add_argument("model")
+    c.add_argument("--data", required=True)
+    c.add_argument("--backend", choices=("cpu", "cuda"), default="cpu")
+    c.set_defaults(func=check_engine)
     f = sub.add_parser("figures", help="Table 1 as markdown, Fig. 3a and Fig. 7 from a results.json")
     f.add_argument("results")
     f.add_argument("--out", default="docs")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import lightning.pytorch as pl
@@ -20,24 +21,34 @@ from .config import LayerConfig
 from .model import MBUNet
 
 
+# Schedules are partials of module-level functions, not closures, so that the callback
+# pickles: ddp_spawn and spawned search workers send it to other processes.
+def _constant_t(target: float, epoch: int) -> float:
+    return target
+
+
+def _linear_t(target: float, warmup_epochs: int, epoch: int) -> float:
+    return target * min(1.0, epoch / warmup_epochs) if warmup_epochs > 0 else target
+
+
+def _cosine_t(target: float, warmup_epochs: int, epoch: int) -> float:
+    if warmup_epochs <= 0 or epoch >= warmup_epochs:
+        return target
+    return target * 0.5 * (1 - math.cos(math.pi * epoch / warmup_epochs))
+
+
 def constant_schedule(target: float, warmup_epochs: int = 0) -> Callable[[int], float]:
-    return lambda epoch: target
+    return partial(_constant_t, target)
 
 
 def linear_schedule(target: float, warmup_epochs: int) -> Callable[[int], float]:
     """0 at epoch 0, rising linearly to ``target`` at ``warmup_epochs``."""
-    return lambda epoch: target * min(1.0, epoch / warmup_epochs) if warmup_epochs > 0 else target
+    return partial(_linear_t, target, warmup_epochs)
 
 
 def cosine_schedule(target: float, warmup_epochs: int) -> Callable[[int], float]:
     """Half-cosine ramp from 0 to ``target`` over ``warmup_epochs``."""
-
-    def t(epoch: int) -> float:
-        if warmup_epochs <= 0 or epoch >= warmup_epochs:
-            return target
-        return target * 0.5 * (1 - math.cos(math.pi * epoch / warmup_epochs))
-
-    return t
+    return partial(_cosine_t, target, warmup_epochs)
 
 
 MASK_SCHEDULES = {"constant": constant_schedule, "linear": linear_schedule, "cosine": cosine_schedule}
@@ -105,16 +116,17 @@ class MBUCallback(Callback):
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._apply_t(pl_module, self._schedule(trainer.current_epoch))
-        pl_module.log("mbu/t", self.current_t, on_step=False, on_epoch=True, sync_dist=False)
+        # every rank holds the same t and weights: syncing (a mean of equal values) changes no value, and
+        # keeps Lightning from warning that epoch-level values are not reduced under DDP
+        pl_module.log("mbu/t", self.current_t, on_step=False, on_epoch=True, sync_dist=True)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self.log_weight_stats:
             return
-        # weights are identical on every rank, so no sync is needed
         stats = find_mbunet(pl_module).weight_state_fractions()
         pl_module.log_dict(
             {f"sparsity/{layer}/{state}": v for layer, s in stats.items() for state, v in s.items()},
-            on_step=False, on_epoch=True, sync_dist=False,
+            on_step=False, on_epoch=True, sync_dist=True,
         )
 
     def state_dict(self) -> dict[str, Any]:

@@ -90,7 +90,7 @@ class SegmentationModule(pl.LightningModule):
     def training_step(self, batch, batch_idx):
         x, y = batch
         loss = self.loss(self(x), y)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(x))
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(x), sync_dist=True)
         return loss
 
     def _evaluate(self, batch, stage: str, metrics: MetricCollection) -> torch.Tensor:

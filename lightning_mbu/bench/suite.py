@@ -71,11 +71,7 @@ def resolve_models(tokens, workload: Workload, base: int = 64, w_op: float = 0.5
             spec = PackedSpec(LayerConfig.uniform("binary"))
             packed.setdefault(spec.name, spec)
         elif token == "cost-aware":
-            try:
-                from ..search.cost import CostModel
-            except ImportError as e:  # the search package needs optuna, which GPU machines may lack
-                raise ValueError(f"--models cost-aware ranks layers with lightning_mbu.search, which does not "
-                                 f"import here ({e}); list the 12-letter configs instead") from e
+            from ..search.cost import CostModel
 
             for config in CostModel.measure(workload.size, base=base).cost_aware_configs(w_op=w_op):
                 packed.setdefault(model_name(config), PackedSpec(config))

@@ -66,7 +66,7 @@ def add_trainer_args(p: argparse.ArgumentParser, fit: bool) -> None:
     g.add_argument("--accelerator", default="auto", help="cpu, gpu, auto, ... (default auto)")
     g.add_argument("--devices", default="auto", help="number, list or 'auto' (default auto)")
     g.add_argument("--precision", default=None, help="32-true, 16-mixed, bf16-mixed, ...")
-    g.add_argument("--strategy", default="auto")
+    g.add_argument("--strategy", default="auto", help="e.g. ddp with --devices N for several GPUs")
     g.add_argument("--default-root-dir", type=Path, default=None, help="where logs and checkpoints go (default .)")
     g.add_argument("--logger", choices=("auto", "csv", "tensorboard", "none"), default="auto",
                    help="auto: CSV, plus TensorBoard when it is installed")
@@ -80,6 +80,10 @@ def add_trainer_args(p: argparse.ArgumentParser, fit: bool) -> None:
         g.add_argument("--limit-val-batches", type=number, default=None)
         g.add_argument("--log-every-n-steps", type=int, default=10)
         g.add_argument("--check-val-every-n-epoch", type=int, default=1)
+        g.add_argument("--sync-batchnorm", action="store_true", default=None,
+                       help="batch-norm statistics over all devices' batches (DDP)")
+        g.add_argument("--ckpt-path", type=Path, default=None,
+                       help="resume training from this checkpoint (any number of devices)")
 
 
 def _devices(text: str):
@@ -112,7 +116,7 @@ def build_trainer(args: argparse.Namespace, name: str, callbacks=(), **overrides
               logger=build_loggers(args, name), enable_progress_bar=args.progress_bar,
               limit_test_batches=args.limit_test_batches)
     for key in ("max_epochs", "max_steps", "limit_train_batches", "limit_val_batches", "log_every_n_steps",
-                "check_val_every_n_epoch"):
+                "check_val_every_n_epoch", "sync_batchnorm"):
         if hasattr(args, key):
             kw[key] = getattr(args, key)
     kw.update(overrides)
@@ -138,9 +142,12 @@ def stage_metrics(results: dict, stage: str) -> dict:
 
 
 def tested_images(trainer, loader) -> int:
-    """How many images the last ``trainer.test`` saw (``limit_test_batches`` may cut the loader short)."""
+    """How many images the last ``trainer.test`` saw (``limit_test_batches`` may cut the loader short).
+
+    Under DDP each rank tests its share of the loader, so the per-rank batches count ``world_size`` times.
+    """
     loader = loader[0] if isinstance(loader, (list, tuple)) else loader
-    return min(len(loader.dataset), int(trainer.num_test_batches[0]) * loader.batch_size)
+    return min(len(loader.dataset), int(trainer.num_test_batches[0]) * loader.batch_size * trainer.world_size)
 
 
 def write_json(path: Path, payload: dict) -> None:

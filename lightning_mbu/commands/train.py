@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
     trainer = build_trainer(args, name=str(module.net.config or "fp"), callbacks=callbacks)
 
     start = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=args.ckpt_path)
     fit_seconds = time.perf_counter() - start
     best_path = (best.best_model_path if best else "") or None
     results = {
@@ -123,8 +123,8 @@ def run(args: argparse.Namespace) -> int:
         results["test"]["images"] = tested_images(trainer, trainer.test_dataloaders)
         rows.append({"split": "test", **results["test"]})
 
+    log_dir = Path(trainer.log_dir or trainer.default_root_dir)  # a broadcast under DDP: every rank must ask
     if trainer.is_global_zero:
-        log_dir = Path(trainer.log_dir or trainer.default_root_dir)
         output = args.output or log_dir / "results.json"
         write_json(output, results)
         print(f"best checkpoint: {best_path}\nlast checkpoint: {results['last_checkpoint']}")

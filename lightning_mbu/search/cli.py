@@ -31,7 +31,7 @@ def add_parser(subparsers) -> None:
     s.add_argument("--size", default="64x64", help="training HEIGHTxWIDTH of the trials (default 64x64)")
     s.add_argument("--out", default="mbu_search", help="output folder (default ./mbu_search)")
     s.add_argument("--storage", default=None,
-                   help="Optuna storage URL (sqlite:///f.db, postgresql://..., journal:f.log); "
+                   help="Optuna storage URL (sqlite:///f.db, postgresql+psycopg2://user:pw@host/db, journal:f.log); "
                         "default sqlite file in --out")
     s.add_argument("--study-name", default="mbu-search")
     s.add_argument("--workers", type=int, default=1, help="worker processes on the storage (one per GPU)")

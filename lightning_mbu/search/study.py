@@ -13,6 +13,8 @@ Reliability, given several worker processes on one storage:
   die and need a replacement); two workers that ask at the same instant are settled by
   trial number, the later one ending as FAIL with the user attribute ``surplus``.
 - Trial numbers come from the storage, so two workers never share one.
+- Hosts that start together may queue the same cost-aware config twice; the copy with the
+  higher number ends as FAIL (``surplus``) when it starts, so each config runs once.
 - Journal storages have no heartbeat: a killed worker's trial stays RUNNING and does not
   count, and the budget may be exceeded by up to workers - 1 trials.
 """
@@ -23,6 +25,7 @@ import logging
 import multiprocessing
 import os
 import re
+import socket
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -43,6 +46,7 @@ from .sampler import ShapleyCostSampler
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 DIRECTIONS = ("maximize", "minimize")  # (val Dice, binary ops)
 SETTINGS_ATTR = "lightning_mbu"
+SCHEMA_RETRIES = 5
 log = logging.getLogger(__name__)
 #: study settings that must match when a study is resumed, or its trials are not comparable
 RESUME_KEYS = ("layers", "choices", "background", "grid", "cost_base", "cost_size", "encoding", "w_op")
@@ -157,7 +161,8 @@ def make_storage(url: str, heartbeat_interval: int | None = 10, grace_period: in
                 raise FileNotFoundError(f"folder {path.parent} does not exist")
             return JournalStorage(JournalFileBackend(str(path)))
         if "://" not in url:
-            raise ValueError("not a URL (expected e.g. sqlite:///study.db, postgresql://..., journal:study.log)")
+            raise ValueError("not a URL (expected e.g. sqlite:///study.db, postgresql+psycopg2://..., "
+                             "journal:study.log)")
         kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -176,6 +181,8 @@ class _WorkerSafeRDBStorage(RDBStorage):
       WAITING and both take it (optuna/optuna#4002, #4621): here every SQLite transaction
       starts with BEGIN IMMEDIATE, which serialises them (the pysqlite recipe in the
       SQLAlchemy docs); MySQL and PostgreSQL lock rows already.
+    - Several hosts started at once on an empty PostgreSQL or MySQL database collide while
+      creating the schema: construction is retried.
     - Optuna starts the heartbeat thread only after ``study.ask`` has made the trial
       RUNNING and run the sampler; a worker killed in between leaves a RUNNING trial with
       no heartbeat, which Optuna never declares stale, so the budget would wait for it
@@ -184,7 +191,17 @@ class _WorkerSafeRDBStorage(RDBStorage):
     """
 
     def __init__(self, url: str, **kwargs):
-        super().__init__(url, **kwargs)
+        for attempt in range(SCHEMA_RETRIES):
+            try:
+                super().__init__(url, **kwargs)
+                break
+            except sqlalchemy.exc.DBAPIError as e:
+                # hosts that start together on an empty database race to create Optuna's tables and
+                # types; the losers see "already exists" and find the winner's schema on a retry
+                if "already exists" not in str(e) or attempt == SCHEMA_RETRIES - 1:
+                    raise
+                self.engine.dispose()
+                time.sleep(0.2 * (attempt + 1))
         if self.engine.dialect.name == "sqlite":
             sqlalchemy.event.listen(self.engine, "connect", _sqlite_manual_transactions)
             sqlalchemy.event.listen(self.engine, "begin", _sqlite_begin_immediate)
@@ -262,6 +279,10 @@ class SurplusTrial(Exception):
     """This trial was asked after the budget was already taken by other workers' trials."""
 
 
+class DuplicateTrial(SurplusTrial):
+    """A second copy of a queued cost-aware config: hosts that start together may both enqueue it."""
+
+
 class MBUObjective:
     """Train one config briefly through Lightning and return (validation Dice, binary-op cost)."""
 
@@ -280,6 +301,16 @@ class MBUObjective:
         taken = [t for t in others if t.state in FINISHED or (self.count_running and t.number < trial.number)]
         return len(taken) >= self.settings.effective_budget
 
+    @staticmethod
+    def _duplicate_of(trial: optuna.Trial) -> int | None:
+        """The lower-numbered live copy of this queued config, if any (the lowest number runs it)."""
+        k = trial.user_attrs.get("cost_aware_k")
+        if k is None:
+            return None
+        live = (TrialState.WAITING, TrialState.RUNNING, *FINISHED)  # a FAIL copy's retry must run
+        return next((t.number for t in trial.study.get_trials(deepcopy=False, states=live)
+                     if t.number < trial.number and t.user_attrs.get("cost_aware_k") == k), None)
+
     def __call__(self, trial: optuna.Trial) -> tuple[float, float]:
         import lightning.pytorch as pl  # heavy: loaded in the process that trains
 
@@ -291,6 +322,9 @@ class MBUObjective:
             trial.set_user_attr("surplus", True)
             trial.study.stop()  # back to run_worker, which waits while the budget is in flight
             raise SurplusTrial(f"trial {trial.number} is beyond the budget of {self.settings.effective_budget}")
+        if (first := self._duplicate_of(trial)) is not None:
+            trial.set_user_attr("surplus", True)
+            raise DuplicateTrial(f"trial {trial.number} repeats the queued config of trial {first}")
         s, ts = self.settings, self.settings.trial
         config = s.config_of({n: trial.suggest_categorical(n, s.choices) for n in s.layers})
         cost = float(self.cost_model.config_binary_ops(config, s.encoding))
@@ -298,6 +332,7 @@ class MBUObjective:
         trial.set_user_attr(COST_ATTR, cost)
         trial.set_user_attr("n_masked", len(config.layers_with("masked")))
         trial.set_user_attr("val_dice", [])  # a retried trial must not inherit the dead one's curve
+        trial.set_user_attr("worker", _worker_label())
 
         pl.seed_everything(ts.seed, workers=True, verbose=False)  # same init and data order for every config
         data_kwargs = {"layout": ts.layout} if ts.layout else {}
@@ -384,6 +419,12 @@ def _log_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
     dice = f"dice {trial.values[0]:.4f}" if trial.values else trial.state.name.lower()
     log.info("trial %d %s %s, cost %.2f G binary ops", trial.number, trial.user_attrs.get("config", "?"), dice,
              trial.user_attrs.get(COST_ATTR, float("nan")) / 1e9)
+
+
+def _worker_label() -> str:
+    """Which host, process and GPU ran a trial: several hosts may share one study."""
+    gpu = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return f"{socket.gethostname()} pid {os.getpid()}" + (f" gpu {gpu}" if gpu else "")
 
 
 def _worker_process(settings: SearchSettings, worker: int, gpu: int | None, log_level: int) -> None:
