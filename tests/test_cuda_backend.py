@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from test_fold import randomize
+from random_nets import randomize
 
 from cutlass_kernels.table import KernelTable
 from lightning_mbu import MBUNet

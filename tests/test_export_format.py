@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.numpy import save_file
-from test_fold import randomize
+from random_nets import randomize
 
 from lightning_mbu import MBUNet, load_packed
 from lightning_mbu.cli import main

@@ -1,28 +1,13 @@
 """Folding batch-norm + sign into integer thresholds, and the folded float net against the training graph."""
 
-import random
-
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from lightning_mbu import LAYER_NAMES, MBUNet
+from lightning_mbu import MBUNet
 from lightning_mbu.export import fold
 from lightning_mbu.export.fold import fold_batchnorm, threshold
-
-
-def random_bn(c: int, gen: torch.Generator, zero_scale: int = 2) -> nn.BatchNorm2d:
-    """A batch-norm with random statistics; ``zero_scale`` channels get scale 0 (constant output)."""
-    bn = nn.BatchNorm2d(c).eval()
-    with torch.no_grad():
-        bn.running_mean.normal_(0, 4, generator=gen)
-        bn.running_var.uniform_(0.2, 9, generator=gen)
-        bn.weight.normal_(0, 1, generator=gen)
-        bn.bias.normal_(0, 2, generator=gen)
-        bn.weight[:zero_scale] = 0
-        bn.bias[:zero_scale] = torch.tensor([1.0, -1.0])[: min(2, zero_scale)]
-    return bn
+from random_nets import random_bn, randomize, sampled_configs
 
 
 @pytest.mark.parametrize("with_bias", [False, True])
@@ -41,19 +26,6 @@ def test_threshold_reproduces_batchnorm_sign_on_every_reachable_accumulator(n, w
     on, off = theta == -(n + 1), theta == n + 1
     assert (direction == -1).any() and ((direction == 1) & ~on & ~off).any()
     assert on.any() and off.any() and (direction[on | off] == 1).all()
-
-
-def randomize(net: MBUNet, seed: int) -> MBUNet:
-    gen = torch.Generator().manual_seed(seed)
-    for m in net.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.load_state_dict(random_bn(m.num_features, gen, zero_scale=min(2, m.num_features // 2)).state_dict())
-    return net.eval()
-
-
-def sampled_configs(k: int, seed: int = 0) -> list[str]:
-    rng = random.Random(seed)
-    return ["BBBBBBBBBBBB", "MMMMMMMMMMMM"] + ["".join(rng.choice("BM") for _ in LAYER_NAMES) for _ in range(k)]
 
 
 @pytest.mark.parametrize("config", sampled_configs(3, seed=1))

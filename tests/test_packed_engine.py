@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from test_fold import randomize, sampled_configs
+from random_nets import randomize, sampled_configs
 
 from lightning_mbu import MBUNet
 from lightning_mbu.export import fold, pack_folded

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import lightning.pytorch as pl
 import numpy as np
@@ -13,6 +14,9 @@ from torch.utils.data import DataLoader
 
 from .dataset import BadSampleError, SegmentationDataset, check_sample
 from .layouts import Layout, Sample, get_layout
+
+if TYPE_CHECKING:  # annotations only: albumentations is imported where transforms are built
+    import albumentations as A
 
 #: the built-in sample: real nuclei images in the ``folder`` layout (see sample/LICENSE.md)
 SAMPLE_ROOT = Path(__file__).parent / "sample"
