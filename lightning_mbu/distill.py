@@ -11,11 +11,11 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from .checkpoint import read_checkpoint
 from .model import MBUNet
 from .module import SegmentationModule
 
@@ -24,17 +24,10 @@ _NET_KEYS = ("in_channels", "num_classes", "base")
 
 
 def read_fp_checkpoint(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
-    """(hyper-parameters, ``net.*`` weights without the prefix) of a full-precision SegmentationModule checkpoint."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no such checkpoint: {path}")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
-        raise ValueError(f"{path}: not a Lightning checkpoint of a SegmentationModule")
-    hp = ckpt["hyper_parameters"]
+    """(hyper-parameters, ``net.*`` weights) of a full-precision SegmentationModule checkpoint."""
+    hp, weights = read_checkpoint(path)
     if hp.get("config") is not None:
         raise ValueError(f"{path}: a quantized model (config {hp['config']}); the teacher must be full precision")
-    weights = {k[len("net."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
     return hp, weights
 
 

@@ -7,10 +7,8 @@ checkpoint of a SegmentationModule. ``lightning_mbu.load_packed`` reads the file
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
-import torch
-
+from ..checkpoint import read_checkpoint
 from ..model import MBUNet
 from ..ops.graph import ENCODINGS, PackedNet
 from .fold import FoldedNet, fold
@@ -36,21 +34,10 @@ def export_model(net: MBUNet, path: str | os.PathLike, default_encoding: str = "
 
 def net_from_checkpoint(ckpt_path: str | os.PathLike) -> MBUNet:
     """The MBUNet of a SegmentationModule checkpoint: its hyper-parameters and the ``net.*`` weights."""
-    ckpt_path = Path(ckpt_path)
-    if not ckpt_path.is_file():
-        raise FileNotFoundError(f"no such checkpoint: {ckpt_path}")
-    try:
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"{ckpt_path}: cannot read as a PyTorch checkpoint: {e}") from e
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
-        raise ValueError(f"{ckpt_path}: not a Lightning checkpoint of a SegmentationModule "
-                         "(needs 'hyper_parameters' and 'state_dict')")
-    hp = ckpt["hyper_parameters"]
+    hp, weights = read_checkpoint(ckpt_path)
     if hp.get("config") is None:
         raise ValueError(f"{ckpt_path}: a full-precision model (no layer config); only quantized MBU-Nets export")
     net = MBUNet(**{k: hp[k] for k in _NET_HPARAMS if k in hp})
-    weights = {k[len("net."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
     try:
         net.load_state_dict(weights)
     except RuntimeError as e:
