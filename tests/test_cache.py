@@ -72,3 +72,61 @@ def test_bad_inputs_are_named(tmp_path):
         write_cache(src, tmp_path / "c3", fmt="webp")
     with pytest.raises(ValueError, match="source folder"):
         write_cache(src, src)
+
+
+def test_16bit_images_are_cached_at_16_bits(tmp_path):
+    src = tmp_path / "src"
+    (src / "images").mkdir(parents=True)
+    (src / "masks").mkdir()
+    grey = np.linspace(0, 4095, 30 * 40).round().astype(np.uint16).reshape(30, 40)
+    Image.fromarray(grey).save(src / "images" / "g.tif")
+    import cv2
+
+    cv2.imwrite(str(src / "images" / "c.png"), np.stack([grey, grey[::-1], grey // 2], -1))
+    for stem in ("g", "c"):
+        Image.fromarray(np.eye(30, 40, dtype=np.uint8) * 255).save(src / "masks" / f"{stem}.png")
+    with pytest.raises(ValueError, match="16-bit image and JPEG holds 8 bits; use --format png"):
+        write_cache(src, tmp_path / "jpeg", size=(15, 20), fmt="jpeg")
+    out = tmp_path / "png"
+    write_cache(src, out, size=(15, 20), fmt="png")
+    for orig, cached in zip(find_folder(src), find_folder(out)):
+        image, _ = read_sample(cached)
+        full, _ = read_sample(orig)
+        # the area average of the 16-bit values, kept to 16 bits (1 / 65535), not cut to 8 (1 / 255)
+        ref = full.reshape(15, 2, 20, 2, 3).mean(axis=(1, 3))
+        np.testing.assert_allclose(image, ref, atol=1 / 65535)
+        assert image.dtype == np.float32 and len(np.unique(image[..., 0])) > 200
+
+
+def test_existing_output_is_replaced_only_with_force(tmp_path):
+    src = _dsb_root(tmp_path, n=3)
+    out = tmp_path / "cache"
+    write_cache(src, out, size=16)
+    before = (out / "cache.json").read_text()
+    with pytest.raises(ValueError, match=f"cache output {out} holds a cache already; pass --force"):
+        write_cache(src, out, size=16)
+    assert (out / "cache.json").read_text() == before
+    # --force replaces it, and a sample gone from the source does not linger in the copy
+    import shutil
+
+    shutil.rmtree(src / "stage1_train" / "id2")
+    assert write_cache(src, out, size=16, force=True)["samples"] == 2
+    assert [s.id for s in find_folder(out)] == ["id0", "id1"]
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="holds other files \\(notes.txt\\)"):
+        write_cache(src, other, size=16, force=True)
+    assert (other / "notes.txt").read_text() == "mine"
+
+
+def test_cache_command_prints_errors_not_tracebacks(tmp_path, capsys):
+    from lightning_mbu.data.cache import main
+
+    src = _dsb_root(tmp_path, n=2)
+    main([str(src), str(tmp_path / "c"), "--size", "16"])
+    with pytest.raises(SystemExit) as e:
+        main([str(src), str(tmp_path / "c"), "--size", "16"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "error: cache output" in err and "--force" in err and "Traceback" not in err

@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from lightning_mbu.data import LAYOUTS, SAMPLE_ROOT, BadSampleError, SegmentationDataModule, detect_layout
-from lightning_mbu.data.dataset import read_sample
+from lightning_mbu.data.dataset import read_image, read_sample
 from lightning_mbu.data.layouts import ISIC_INPUT, ISIC_TRUTH, find_dsb2018
 
 DSB2018 = Path(__file__).resolve().parents[2] / "shared" / "data" / "dsb2018"
@@ -162,14 +162,12 @@ BAD = {"corrupt image": corrupt_image, "truncated image": truncated_image, "miss
 
 
 @pytest.mark.parametrize("kind", list(BAD))
-def test_bad_input_names_the_file(tmp_path, kind):
+def test_bad_input_names_the_file_at_setup(tmp_path, kind):
+    """setup, before any sample is read for training, finds every kind (mask values included)."""
     root = make_folder(tmp_path)
     bad = BAD[kind](root)
     with pytest.raises(BadSampleError, match=str(bad)):
-        dm = SegmentationDataModule(root, augment=False)
-        dm.setup()
-        for i in range(len(dm.dataset("all"))):  # mask values are checked when a sample is read
-            dm.dataset("all")[i]
+        SegmentationDataModule(root, augment=False).setup()
 
 
 @pytest.mark.parametrize("kind", list(BAD))
@@ -200,7 +198,91 @@ def test_colour_mask_is_rejected(tmp_path):
     m = np.stack([blob(), blob(), np.zeros_like(blob())], -1)
     bad = save(root / "masks" / "s0.png", m)
     with pytest.raises(BadSampleError, match=f"{bad}.*colour"):
-        SegmentationDataModule(root).dataset("all")[0]
+        SegmentationDataModule(root).setup()
+
+
+def test_bad_mask_in_every_split_is_found_before_training(tmp_path):
+    """One bad mask per split: all three are listed by setup, none waits for its epoch or the test."""
+    root = make_folder(tmp_path, n=10)
+    dm = SegmentationDataModule(root, val_fraction=0.2, test_fraction=0.2)
+    dm.setup()
+    picked = [dm.splits[split][0].id for split in ("train", "val", "test")]
+    bad = []
+    for sid in picked:
+        m = blob()
+        m[3, 4] = 7
+        bad.append(save(root / "masks" / f"{sid}.png", m))
+    with pytest.raises(BadSampleError, match="3 bad sample") as e:
+        SegmentationDataModule(root, val_fraction=0.2, test_fraction=0.2).setup()
+    assert all(f"mask {b} has values {{0, 7, 255}}" in str(e.value) for b in bad)
+
+
+# -- 16-bit images --------------------------------------------------------------------------
+def ramp16(h=20, w=24, top=65535):
+    """A 16-bit image using far more than 256 levels, none of them clipped at 8 bits."""
+    return np.linspace(0, top, h * w).round().astype(np.uint16).reshape(h, w)
+
+
+def save16(path: Path, a: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if a.ndim == 3:  # Pillow cannot write 16-bit colour
+        import cv2
+
+        assert cv2.imwrite(str(path), a[..., ::-1])
+    else:
+        Image.fromarray(a).save(path)
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+@pytest.mark.parametrize("colour", [False, True])
+def test_16bit_images_are_read_at_full_range(tmp_path, suffix, colour):
+    grey = ramp16()
+    a = np.stack([grey, grey[::-1], grey // 3], -1) if colour else grey
+    path = save16(tmp_path / f"im{suffix}", a)
+    assert Image.open(path).mode in (("RGB",) if colour else ("I;16", "I;16B", "I"))
+    x = read_image(path)
+    assert x.dtype == np.float32 and x.shape == (20, 24, 3)
+    expected = a.astype(np.float32) / 65535
+    np.testing.assert_array_equal(x, expected if colour else np.repeat(expected[..., None], 3, -1))
+    assert len(np.unique(x[..., 0])) > 256  # not cut to 8 bits, not all 255
+
+
+def test_16bit_dataset_trains_on_real_values(tmp_path):
+    """A dim 12-bit-in-16 image (max 4095) is normalised from its real values, not clipped ones."""
+    root = tmp_path / "d"
+    for i in range(4):
+        save16(root / "images" / f"s{i}.tif", ramp16(top=4095 - i))
+        save16(root / "masks" / f"s{i}.png", (blob() > 0).astype(np.uint16) * 65535)  # a 16-bit mask too
+    dm = SegmentationDataModule(root, augment=False, val_fraction=0.25, test_fraction=0)
+    x, y = dm.dataset("all")[0]
+    a = ramp16(top=4095).astype(np.float64)
+    expected = (a - a.mean()) / a.std()  # albumentations adds 1e-4 to the std (of a / 65535 here): 0.6%
+    np.testing.assert_allclose(x[0].numpy(), expected, rtol=1e-2, atol=1e-3)
+    assert y.sum() == (blob() > 0).sum()
+    fixed = SegmentationDataModule(root, augment=False, normalization="fixed", test_fraction=0)
+    np.testing.assert_allclose(fixed.dataset("all")[0][0][0].numpy(), a / 65535 * 2 - 1, atol=1e-6)
+    xb, _ = next(iter(SegmentationDataModule(root, size=16, batch_size=2, test_fraction=0).train_dataloader()))
+    assert torch.isfinite(xb).all() and xb.shape == (2, 3, 16, 16)
+
+
+def test_fixed_normalization_of_8bit_images_is_unchanged(tmp_path):
+    root = make_folder(tmp_path, n=4)
+    x, _ = SegmentationDataModule(root, augment=False, normalization="fixed").dataset("all")[0]
+    raw = read_image(root / "images" / "s0.png").astype(np.float64)
+    np.testing.assert_allclose(x.numpy(), raw.transpose(2, 0, 1) / 127.5 - 1, atol=1e-6)
+
+
+def test_pixels_that_cannot_be_read_faithfully_are_refused_at_setup(tmp_path):
+    root = make_folder(tmp_path, n=4)
+    (root / "images" / "s0.png").unlink()
+    bad = root / "images" / "s0.tif"
+    Image.fromarray(ramp16().astype(np.float32)).save(bad)
+    with pytest.raises(BadSampleError, match=f"image {bad} has floating-point pixels"):
+        SegmentationDataModule(root).setup()
+    Image.fromarray(ramp16().astype(np.int32) * 4).save(bad)  # 32-bit integers beyond 16 bits
+    with pytest.raises(BadSampleError, match=f"image {bad} has pixel values 0..262140, outside 16 bits"):
+        SegmentationDataModule(root).setup()
 
 
 def test_empty_and_wrong_folders(tmp_path):

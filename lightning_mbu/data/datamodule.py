@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -51,11 +52,26 @@ def build_transform(size: tuple[int, int] | None, augment: bool | A.BasicTransfo
         ]
     elif augment:
         steps.append(augment)
-    if normalization == "fixed":
-        steps.append(A.Normalize(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)))
+    if normalization == "fixed":  # to [0, 1] by the dtype's range first, so 16-bit (float) images map alike
+        steps += [A.ToFloat(), A.Normalize(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), max_pixel_value=1.0)]
     else:
         steps.append(A.Normalize(normalization=normalization))
     return A.Compose(steps)
+
+
+def check_samples(samples: Sequence[Sample], full: bool = False) -> list[tuple[Sample, tuple | None, str | None]]:
+    """(sample, (width, height) or None, error message or None) for each sample, in order.
+
+    Decoding releases the GIL, so threads check a few thousand mask files in seconds.
+    """
+    def check(s: Sample):
+        try:
+            return s, check_sample(s, full=full), None
+        except BadSampleError as e:
+            return s, None, str(e)
+
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        return list(pool.map(check, samples))
 
 
 def split_indices(n: int, val_fraction: float, test_fraction: float, seed: int) -> tuple[np.ndarray, ...]:
@@ -87,8 +103,10 @@ class SegmentationDataModule(pl.LightningDataModule):
             evens out microscopy images whose brightness differs tenfold), "image_per_channel",
             "min_max", "min_max_per_channel", or "fixed" (pixels / 127.5 - 1).
         skip_bad: skip unusable samples with a warning each and a count, instead of raising.
-            It decodes every file up front; without it, headers and checksums are checked
-            up front and pixel values when a sample is first loaded.
+
+    ``setup`` checks every sample before any training: each mask is decoded (values, size), each
+    image's header and PNG checksums are read (with ``skip_bad`` its pixels are decoded too), so a
+    bad file in the val or test split stops the run at the start, not after the last epoch.
     """
 
     def __init__(
@@ -129,12 +147,12 @@ class SegmentationDataModule(pl.LightningDataModule):
         if self.samples is not None:
             return
         good, sizes, bad = [], set(), []
-        for s in self.layout.find(self.root):
-            try:
-                sizes.add(check_sample(s, full=self.skip_bad))
+        for s, size, error in check_samples(self.layout.find(self.root), full=self.skip_bad):
+            if error is None:
+                sizes.add(size)
                 good.append(s)
-            except BadSampleError as e:
-                bad.append(str(e))
+            else:
+                bad.append(error)
         if bad and not self.skip_bad:
             shown = "\n  ".join(bad[:10]) + (f"\n  ... and {len(bad) - 10} more" if len(bad) > 10 else "")
             raise BadSampleError(
