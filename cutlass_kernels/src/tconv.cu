@@ -34,6 +34,7 @@ struct TConvParams {
   int cin_words, ksteps, kw_pad, chunks;  // kw_pad words per shared row (chunks = kw_pad / 4)
   int wpd;                                // output words per sub-position
   int alpha, groups, m_tiles;
+  int reps;  // row blocks of 32 x warps_m per tile: small K takes several, to amortise each tile's syncs
   bool pair_store;  // 8-byte output stores are aligned
 };
 
@@ -47,36 +48,46 @@ struct Shape {
   static constexpr int kWordsPerWarp = 64 / kColsPerWord;
   static_assert(kWarpsN * kWarpsM == kWarps && kWarpsN % 2 == 0, "warps must split evenly over kw");
 
-  static size_t smem_bytes(int kw_pad) {
-    return size_t(kBN + kStages * kBM) * kw_pad * 4 + size_t(2 * WB * 32) * sizeof(int2) +
-           size_t(kBM) * 2 * WB * 4;
+  static size_t smem_bytes(int kw_pad, int reps) {
+    return size_t(kBN + kStages * kBM * reps) * kw_pad * 4 + size_t(2 * WB * 32) * sizeof(int2) +
+           size_t(kBM * reps) * 2 * WB * 4;
   }
 };
 
-// Copy `rows` rows of `ksteps * 8` words (K zero-padded past cin_words) into a swizzled tile.
+// Copy the cin_words words of `rows` rows into a swizzled tile (rows past rows_total: zeros);
+// the K padding up to ksteps * 8 words is zeroed once (zero_k_padding) and never copied.
 template <int VEC>
 __device__ __forceinline__ void load_rows(uint32_t* tile, uint32_t const* base, int64_t first_row, int rows,
                                           int64_t rows_total, TConvParams const& p, int tid) {
   constexpr int kWordsPerCopy = VEC / 4;
-  int const copies_per_row = p.ksteps * 8 / kWordsPerCopy;
+  int const copies_per_row = (p.cin_words + kWordsPerCopy - 1) / kWordsPerCopy;
   for (int i = tid; i < rows * copies_per_row; i += kThreads) {
     int r = i / copies_per_row, word = (i - r * copies_per_row) * kWordsPerCopy;
     int64_t g = first_row + r;
-    bool valid = g < rows_total && word < p.cin_words;
+    bool valid = g < rows_total;
     uint32_t const* src = valid ? base + g * p.cin_words + word : base;
     int chunk = mbu::swizzle(r, word / 4, p.chunks);
     mbu::cp_async<VEC>(tile + r * p.kw_pad + chunk * 4 + word % 4, src, valid);
   }
 }
 
+__device__ __forceinline__ void zero_k_padding(uint32_t* tiles, int rows, TConvParams const& p, int tid) {
+  int const pad = p.ksteps * 8 - p.cin_words;
+  for (int i = tid; i < rows * pad; i += kThreads) {
+    int r = i / pad, word = p.cin_words + i % pad;
+    tiles[r * p.kw_pad + mbu::swizzle(r % 8, word / 4, p.chunks) * 4 + word % 4] = 0;
+  }
+}
+
 template <int PLANES, int WB, int VEC>
-__global__ void __launch_bounds__(kThreads) tconv_kernel(TConvParams p) {
+__global__ void __launch_bounds__(kThreads, 2) tconv_kernel(TConvParams p) {
   using S = Shape<PLANES, WB>;
+  int const bm = S::kBM * p.reps;  // rows per tile
   extern __shared__ int4 smem_raw[];
   uint32_t* b_s = reinterpret_cast<uint32_t*>(smem_raw);
   uint32_t* a_s = b_s + S::kBN * p.kw_pad;
-  int2* thr_s = reinterpret_cast<int2*>(a_s + kStages * S::kBM * p.kw_pad);
-  uint32_t* out_s = reinterpret_cast<uint32_t*>(thr_s + 2 * WB * 32);  // [BM][2 kw][WB]
+  int2* thr_s = reinterpret_cast<int2*>(a_s + kStages * bm * p.kw_pad);
+  uint32_t* out_s = reinterpret_cast<uint32_t*>(thr_s + 2 * WB * 32);  // [bm][2 kw][WB]
 
   int const tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   int const g = lane / 4, tig = lane % 4;
@@ -98,6 +109,7 @@ __global__ void __launch_bounds__(kThreads) tconv_kernel(TConvParams p) {
       int kw = i / (WB * 32), ow = w0 + (i % (WB * 32)) / 32, ch = i % 32;
       thr_s[i] = ow < p.wpd ? p.thr[((kh * 2 + kw) * p.wpd + ow) * 32 + ch] : make_int2(0, 0);
     }
+    zero_k_padding(a_s, kStages * bm, p, tid);
   }
 
   int const warp_n = warp % S::kWarpsN, warp_m = warp / S::kWarpsN;
@@ -107,79 +119,89 @@ __global__ void __launch_bounds__(kThreads) tconv_kernel(TConvParams p) {
   auto tile_of = [&](int i) { return int(blockIdx.y) + i * int(gridDim.y); };
   auto load_tile = [&](int i) {
     int t = tile_of(i);
-    if (t < p.m_tiles)
-      load_rows<VEC>(a_s + (i % kStages) * S::kBM * p.kw_pad, p.act, int64_t(t) * S::kBM, S::kBM, p.rows, p, tid);
+    if (t < p.m_tiles) load_rows<VEC>(a_s + (i % kStages) * bm * p.kw_pad, p.act, int64_t(t) * bm, bm, p.rows, p, tid);
     mbu::cp_async_commit();  // an empty group keeps the wait count uniform
   };
   for (int s = 0; s < kStages - 1; ++s) load_tile(s);
+  __syncthreads();  // thresholds
+  // this lane's thresholds (channel j * 8 + 2 tig + e of the warp's words): in registers where they
+  // fit under the 128-register cap of two blocks per SM (one word per warp), else read from shared
+  int2 const* my_thr = thr_s + kw_of_warp * WB * 32 + q0 * 32 + 2 * tig;
+  int2 thr[4][2];
+#pragma unroll
+  for (int j = 0; j < 4; ++j)
+#pragma unroll
+    for (int e = 0; e < 2; ++e) thr[j][e] = my_thr[j * 8 + e];
 
+  int const nw = p.wpd - w0 < WB ? p.wpd - w0 : WB;
+  int64_t const hw = int64_t(p.h) * p.w;
   for (int i = 0; tile_of(i) < p.m_tiles; ++i) {
     mbu::cp_async_wait<kStages - 2>();
     __syncthreads();
     load_tile(i + kStages - 1);
-    uint32_t const* a_tile = a_s + (i % kStages) * S::kBM * p.kw_pad;
-    int64_t const m0 = int64_t(tile_of(i)) * S::kBM;
+    int64_t const m0 = int64_t(tile_of(i)) * bm;
 
-    int32_t acc[2][8][4] = {};
-    for (int ks = 0; ks < p.ksteps; ++ks) {
-      uint32_t a[2][4], b[8][2];
+    for (int rep = 0; rep < p.reps; ++rep) {
+      int const row0 = rep * S::kBM + warp_m * 32;  // the warp's first row in the tile
+      uint32_t const* a_tile = a_s + (i % kStages) * bm * p.kw_pad;
+      int32_t acc[2][8][4] = {};
+      for (int ks = 0; ks < p.ksteps; ++ks) {
+        uint32_t a[2][4], b[8][2];
 #pragma unroll
-      for (int mi = 0; mi < 2; ++mi) {
-        int mat = lane >> 3, row = warp_m * 32 + mi * 16 + (mat & 1) * 8 + (lane & 7);
-        mbu::ldmatrix_x4(a[mi], a_tile + row * p.kw_pad + mbu::swizzle(row, ks * 2 + (mat >> 1), p.chunks) * 4);
-      }
+        for (int mi = 0; mi < 2; ++mi) {
+          int mat = lane >> 3, row = row0 + mi * 16 + (mat & 1) * 8 + (lane & 7);
+          mbu::ldmatrix_x4(a[mi], a_tile + row * p.kw_pad + mbu::swizzle(row, ks * 2 + (mat >> 1), p.chunks) * 4);
+        }
 #pragma unroll
-      for (int jp = 0; jp < 4; ++jp) {
-        int mat = lane >> 3, col = warp_n * 64 + (2 * jp + (mat >> 1)) * 8 + (lane & 7);
-        uint32_t r[4];
-        mbu::ldmatrix_x4(r, b_s + col * p.kw_pad + mbu::swizzle(col, ks * 2 + (mat & 1), p.chunks) * 4);
-        b[2 * jp][0] = r[0], b[2 * jp][1] = r[1], b[2 * jp + 1][0] = r[2], b[2 * jp + 1][1] = r[3];
+        for (int jp = 0; jp < 4; ++jp) {
+          int mat = lane >> 3, col = warp_n * 64 + (2 * jp + (mat >> 1)) * 8 + (lane & 7);
+          uint32_t r[4];
+          mbu::ldmatrix_x4(r, b_s + col * p.kw_pad + mbu::swizzle(col, ks * 2 + (mat & 1), p.chunks) * 4);
+          b[2 * jp][0] = r[0], b[2 * jp][1] = r[1], b[2 * jp + 1][0] = r[2], b[2 * jp + 1][1] = r[3];
+        }
+#pragma unroll
+        for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+          for (int j = 0; j < 8; ++j) mbu::mma_b1_and(acc[mi][j], a[mi], b[j][0], b[j][1]);
       }
+
+      // Epilogue: threshold in the accumulator layout, OR the quad's bits into whole words, and
+      // stage them as [row][kw][word] for the pixel-ordered stores below.
+      uint32_t words[2][2][S::kWordsPerWarp];
 #pragma unroll
       for (int mi = 0; mi < 2; ++mi)
 #pragma unroll
-        for (int j = 0; j < 8; ++j) mbu::mma_b1_and(acc[mi][j], a[mi], b[j][0], b[j][1]);
-    }
-
-    // Epilogue: threshold in the accumulator layout, OR the quad's bits into whole words, and
-    // stage them as [row][kw][word] for the pixel-ordered stores below.
-    uint32_t words[2][2][S::kWordsPerWarp];
+        for (int half = 0; half < 2; ++half) {
+          int64_t m = m0 + row0 + mi * 16 + half * 8 + g;
+          int count = 0;
+          if (PLANES == 1 && p.row_count != nullptr && m < p.rows) count = __ldg(p.row_count + m);
 #pragma unroll
-    for (int mi = 0; mi < 2; ++mi)
+          for (int q = 0; q < S::kWordsPerWarp; ++q) {
+            uint32_t bits = 0;
 #pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        int row = warp_m * 32 + mi * 16 + half * 8 + g;
-        int count = 0;
-        if (PLANES == 1 && p.row_count != nullptr && m0 + row < p.rows) count = __ldg(p.row_count + m0 + row);
+            for (int j = 0; j < 4; ++j)
 #pragma unroll
-        for (int q = 0; q < S::kWordsPerWarp; ++q) {
-          uint32_t bits = 0;
-#pragma unroll
-          for (int j = 0; j < 4; ++j)
-#pragma unroll
-            for (int e = 0; e < 2; ++e) {
-              int ch = j * 8 + 2 * tig + e;
-              int r = PLANES == 2 ? p.alpha * acc[mi][j][half * 2 + e] - acc[mi][j + 4][half * 2 + e]
-                                  : p.alpha * acc[mi][q * 4 + j][half * 2 + e] - count;
-              int2 t = thr_s[kw_of_warp * WB * 32 + (q0 + q) * 32 + ch];
-              bits |= uint32_t(t.y * r >= t.x) << ch;
-            }
-          words[mi][half][q] = mbu::quad_or(bits);
+              for (int e = 0; e < 2; ++e) {
+                int r = PLANES == 2 ? p.alpha * acc[mi][j][half * 2 + e] - acc[mi][j + 4][half * 2 + e]
+                                    : p.alpha * acc[mi][q * 4 + j][half * 2 + e] - count;
+                int2 t = S::kWordsPerWarp == 1 ? thr[j][e] : my_thr[q * 32 + j * 8 + e];
+                bits |= uint32_t(t.y * r >= t.x) << (j * 8 + 2 * tig + e);
+              }
+            words[mi][half][q] = mbu::quad_or(bits);
+          }
         }
-      }
-    // lane tig of each quad stages row (mi, half) = (tig / 2, tig % 2)
-    int const srow = warp_m * 32 + (tig >> 1) * 16 + (tig & 1) * 8 + g;
+      // lane tig of each quad stages row (mi, half) = (tig / 2, tig % 2)
+      int const srow = row0 + (tig >> 1) * 16 + (tig & 1) * 8 + g;
 #pragma unroll
-    for (int q = 0; q < S::kWordsPerWarp; ++q) {
-      uint32_t v = tig == 0 ? words[0][0][q] : tig == 1 ? words[0][1][q] : tig == 2 ? words[1][0][q] : words[1][1][q];
-      out_s[(srow * 2 + kw_of_warp) * WB + q0 + q] = v;
+      for (int q = 0; q < S::kWordsPerWarp; ++q) {
+        uint32_t v = tig == 0 ? words[0][0][q] : tig == 1 ? words[0][1][q] : tig == 2 ? words[1][0][q] : words[1][1][q];
+        out_s[(srow * 2 + kw_of_warp) * WB + q0 + q] = v;
+      }
     }
     __syncthreads();
 
     // Stores: item (row, kw) -> output pixel (n, 2i + kh, 2j + kw), the block's words in order.
-    int const nw = p.wpd - w0 < WB ? p.wpd - w0 : WB;
-    int64_t const hw = int64_t(p.h) * p.w;
-    for (int it = tid; it < S::kBM * 2; it += kThreads) {
+    for (int it = tid; it < bm * 2; it += kThreads) {
       int row = it >> 1, kw = it & 1;
       int64_t m = m0 + row;
       if (m >= p.rows) continue;
@@ -202,7 +224,9 @@ template <int PLANES, int WB, int VEC>
 int launch(MbuConvArgs const& a, TConvParams p, cudaStream_t stream) {
   using S = Shape<PLANES, WB>;
   auto kernel = tconv_kernel<PLANES, WB, VEC>;
-  size_t smem = S::smem_bytes(p.kw_pad);
+  // small K: several row blocks per tile (the A tile stays small), so syncs and stores amortise
+  p.reps = p.ksteps >= 4 ? 1 : p.ksteps >= 2 ? 2 : 4;
+  size_t smem = S::smem_bytes(p.kw_pad, p.reps);
   static size_t smem_set = 48 << 10;  // raised once per instance, outside graph capture (warm-up runs first)
   if (smem > smem_set) {
     if (cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)))
@@ -214,7 +238,8 @@ int launch(MbuConvArgs const& a, TConvParams p, cudaStream_t stream) {
   cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
   if (cudaError_t e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem)) return e;
   if (per_sm < 1) return MBU_ERR_CANNOT_IMPLEMENT;
-  p.m_tiles = int((p.rows + S::kBM - 1) / S::kBM);
+  int const bm = S::kBM * p.reps;
+  p.m_tiles = int((p.rows + bm - 1) / bm);
   int const n_tiles = 2 * p.groups;
   int const want = (sms * per_sm + n_tiles - 1) / n_tiles;  // one wave of resident blocks
   dim3 grid(n_tiles, want < p.m_tiles ? want : p.m_tiles);
