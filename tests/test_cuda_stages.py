@@ -136,7 +136,7 @@ def test_first_conv_tc_differs_only_within_float_rounding_of_the_threshold(lib, 
     ref = reference_first(x, weight, scale, shift, 0.0)
     y = F.conv2d(F.pad(x.double(), (1, 1, 1, 1)), weight.double())
     y = y * scale.double()[:, None, None] + shift.double()[:, None, None]
-    near = pack_bits((y.abs() < 2e-5).permute(0, 2, 3, 1).numpy(), (cout,))
+    near = pack_bits((y.abs() < 1e-4).permute(0, 2, 3, 1).numpy(), (cout,))
     assert np.array_equal(got & ~near, ref & ~near)
     assert np.mean(near != 0) < 0.01  # the exclusion is a thin band, not a blanket
 
