@@ -15,6 +15,7 @@ import subprocess
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from .. import files
 from ..config import LayerConfig
 
 ENV_FIELDS = ("gpu", "driver", "cuda", "torch", "commit", "date")
@@ -83,10 +84,7 @@ def validate(result: dict) -> None:
 
 def write_json(result: dict, path: str | os.PathLike) -> Path:
     validate(result)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    return path
+    return files.write_json(path, result)
 
 
 def read_json(path: str | os.PathLike) -> dict:
@@ -273,7 +271,8 @@ def _bars(records: Sequence[dict], key: str, ylabel: str, title: str, path: Path
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=150)
+    with files.atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=150)
     plt.close(fig)
     return path
 
@@ -309,7 +308,8 @@ def plot_pareto(result: dict, accuracy: dict[str, float], path: str | os.PathLik
     ax.set_title(_title(result, "Speed vs accuracy"), fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=150)
+    with files.atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=150)
     plt.close(fig)
     return Path(path)
 
@@ -324,7 +324,7 @@ def write_report(result: dict, stem: str | os.PathLike, accuracy: dict[str, floa
     stem = Path(stem)
     written = [write_json(result, f"{stem}.json")]
     md = Path(f"{stem}.md")
-    md.write_text(markdown_table(result))
+    files.write_text(md, markdown_table(result))
     written.append(md)
     for fig in (plot_latency(result, f"{stem}-latency.png"), plot_energy(result, f"{stem}-energy.png"),
                 plot_pareto(result, accuracy, f"{stem}-pareto.png") if accuracy else None):
