@@ -1,23 +1,33 @@
-"""The paper's Table 1 rows (and the gap-closing ablations, and a cost-aware sweep) on one GPU, in one call.
+"""The paper's Table 1 on Nuclei, and what each training method buys, on one GPU; it finishes what it starts.
 
-    python -m lightning_mbu.data.cache ../shared/data/dsb2018 .cache/dsb2018-512 --size 512
-    python examples/accuracy_study.py run --data .cache/dsb2018-512 --out runs/study --total-seconds 440
+    python -m lightning_mbu.data.cache ../shared/data/dsb2018 .dcache/dsb2018-512 --size 512
+    python examples/accuracy_study.py run --data .dcache/dsb2018-512 --out runs/study --total-seconds 560
+    python examples/accuracy_study.py evaluate --data .dcache/dsb2018-512 --work runs/study/work --out runs/study
 
-Two phases on one GPU, each row a separate process (they share the card):
-1. the full-precision net trains alone (it is the teacher and the initialisation of phase 2);
-2. every quantized row trains at once, for the same wall-clock budget: the Table 1 rows from
-   scratch (INT8, INT4, MBU-Net, Binary), MBU-Net initialised from the FP net, + distillation
-   from it, + a masking warm-up, and cost-aware configs k = 0, 2, 8, 12 with the best recipe.
+Steps, each its own process, each writing its files as it goes:
+1. ``train --run fp-s0`` (one per FP seed, concurrently): the full-precision nets, saved as
+   ``WORK/fp-sN.ckpt`` + ``fp-sN.train.json``; each is the teacher and initialisation of seed N.
+2. ``train --run ROW-sN`` for every quantized run, concurrently, started with step 1 (imports and data
+   loading overlap) and training once the teachers exist, until a common wall-clock end, so every run
+   of a phase gets the same time on the shared card. Saves ``ROW-sN.ckpt`` + ``ROW-sN.train.json``.
+3. ``evaluate`` (one process, after training; re-run it alone any time): every saved checkpoint, most
+   important first (FP and MBU-Net seeds, then the Table 1 rows, then the ablations), in float32 on the
+   whole images of the seeded validation and test splits; writes ``ROW-sN.eval.json`` per run, then
+   ``OUT/table1-nuclei.json`` (mean and spread over seeds) and ``OUT/results.json`` (every run).
+4. ``export`` of the best MBU-Net seed (by validation Dice) and ``check`` of the packed model on a
+   backend against its PyTorch net (differing pixels on the test split).
 
-Training follows App. A.3 where the budget allows (gradient clipping 1.0, weight decay 1e-8,
-batch-norm after every conv) and departs from it where it does not: Adam at a peak rate of 1e-3
-with a cosine decay over the time budget, for every row (the paper's RMSprop/Adam at 1e-5 for 30
-epochs at batch 2 is ~6k steps; a few minutes give a few hundred), on random 256x256 crops with
-flips/transposes (fully convolutional, so evaluation runs on the whole 512x512 images), in bf16
-mixed precision. Evaluation is in float32 on the seeded split of ``SegmentationDataModule``
-(seed 0: 15% validation, 15% test). Each row writes ``<row>.json``; ``run`` gathers them in
-``results.json``, exports the best MBU-Net (by validation Dice) with ``lightning-mbu export``,
-and checks the packed model on the CUDA backend when it is available.
+The quantized rows of Table 1 (INT8, INT4, MBU-Net, Binary; binary activations everywhere) train with
+the default recipe: initialised from the FP net of their seed and distilled from it (logits and every
+layer's pre-activation), ApproxSign gradients, and a linear warm-up of the masking factor t. The
+ablation rows take one method away at a time (or use the earlier recipes), seed 0.
+
+Training (all rows): Adam, peak rate 1e-3 with a 3% warm-up and a cosine decay over the run's
+wall-clock budget, weight decay 1e-8, gradient clipping 1.0, batch 8 of random 256x256 crops with
+flips/transposes (whole splits live on the GPU, augmented there: the GPU machine has no
+albumentations), bf16 mixed precision, channels-last; images normalised per image to zero mean and
+unit variance (the data module's default). Evaluation: float32, no TF32, whole 512x512 images, the
+module's metrics (Dice per image averaged; IoU and F1 pooled), final weights.
 """
 
 from __future__ import annotations
@@ -26,10 +36,11 @@ import argparse
 import json
 import math
 import os
+import statistics
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +48,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+sys.path.insert(0, str(ROOT / "examples"))
 
 from lightning_mbu.data.datamodule import split_indices  # noqa: E402
 from lightning_mbu.data.dataset import read_sample  # noqa: E402
@@ -47,34 +59,51 @@ from lightning_mbu.data.layouts import get_layout  # noqa: E402
 class Row:
     config: str | None  # None: full precision
     stem: str = "masked"
-    init_from_fp: bool = False
-    distill: bool = False
-    mask_warmup_epochs: int = 0  # linear ramp of the masking factor t from 0 to 0.5
+    init: bool = True  # start from the FP net of the same seed
+    kd: bool = True  # distil the logits from it
+    feature_kd: bool = True  # ... and every activation's input
+    sign_gradient: str = "approx"  # "approx" (ApproxSign) or "ste" (hard-tanh)
+    warmup_epochs: int = 3  # linear ramp of the masking factor t from 0
+    masked_t: float = 0.5
+    seeds: tuple[int, ...] = (0,)
 
 
-#: cost-aware configs: mask the k cheapest layers by eq. 2 (w_op 0.5) at 512x512, base 64
-#: (``lightning-mbu cost --size 512x512`` lists them)
-COST_AWARE = {0: "BBBBBBBBBBBB", 2: "BBBBBBMMBBBB", 4: "BBBBMMMMBBBB", 8: "MMMBMMMMBBBM", 12: "MMMMMMMMMMMM"}
+MBU = "BBBBMMMMBBBB"  # the cost-aware config (the four transposed convs masked)
+RECIPE = Row(MBU)
+FP = Row(None, init=False, kd=False, feature_kd=False, sign_gradient="ste", warmup_epochs=0, seeds=(0, 1, 2))
+SCRATCH = dict(init=False, kd=False, feature_kd=False, sign_gradient="ste", warmup_epochs=0)
 ROWS: dict[str, Row] = {
-    "fp": Row(None),
-    # Table 1, from scratch
-    "int8": Row("888888888888", stem="int8"),
-    "int4": Row("444444444444", stem="int4"),
-    "mbu": Row(COST_AWARE[4]),
-    "binary": Row("BBBBBBBBBBBB", stem="binary"),
-    # gap-closing ablations on the MBU-Net config
-    "mbu_init": Row(COST_AWARE[4], init_from_fp=True),
-    "mbu_init_kd": Row(COST_AWARE[4], init_from_fp=True, distill=True),
-    "mbu_init_kd_warm": Row(COST_AWARE[4], init_from_fp=True, distill=True, mask_warmup_epochs=3),
-    # cost-aware sweep (Fig. 7) with init + distillation; k = 4 is mbu_init_kd
-    **{f"k{k}_init_kd": Row(COST_AWARE[k], init_from_fp=True, distill=True) for k in (0, 2, 8, 12)},
+    # Table 1 (in evaluation order)
+    "fp": FP,
+    "mbu": replace(RECIPE, seeds=(0, 1, 2)),
+    "int8": replace(RECIPE, config="888888888888", stem="int8"),
+    "int4": replace(RECIPE, config="444444444444", stem="int4"),
+    "binary": replace(RECIPE, config="BBBBBBBBBBBB", stem="binary"),
+    # ablations on the MBU-Net config, seed 0: one method taken away, and the earlier recipes
+    "mbu_no_feature_kd": replace(RECIPE, feature_kd=False),
+    "mbu_ste": replace(RECIPE, sign_gradient="ste"),
+    "mbu_no_warmup": replace(RECIPE, warmup_epochs=0),
+    "mbu_t025": replace(RECIPE, masked_t=0.25),
+    "mbu_init_kd": replace(RECIPE, feature_kd=False, sign_gradient="ste", warmup_epochs=0),
+    "mbu_scratch": replace(RECIPE, **SCRATCH),
 }
-MBU_ROWS = ("mbu", "mbu_init", "mbu_init_kd", "mbu_init_kd_warm")
+TABLE1 = ("fp", "int8", "int4", "mbu", "binary")
+
+
+def runs_of(rows) -> list[str]:
+    return [f"{r}-s{s}" for r in rows for s in ROWS[r].seeds]
+
+
+def parse_run(run: str) -> tuple[str, int]:
+    row, seed = run.rsplit("-s", 1)
+    if row not in ROWS or int(seed) not in ROWS[row].seeds:
+        raise ValueError(f"unknown run {run!r}; valid: {', '.join(runs_of(ROWS))}")
+    return row, int(seed)
 
 
 # -- data: the whole split on the device, augmented there ------------------------------------
 def load_splits(root: str, seed: int = 0, val_fraction: float = 0.15, test_fraction: float = 0.15):
-    """{split: (images uint8 N x 3 x H x W, masks uint8 N x 1 x H x W)}: the data module's seeded split."""
+    """{split: (images uint8 N x 3 x H x W, masks uint8 N x 1 x H x W, ids)}: the data module's seeded split."""
     samples = get_layout(None, Path(root)).find(Path(root))
     idx = split_indices(len(samples), val_fraction, test_fraction, seed)
     out = {}
@@ -87,7 +116,11 @@ def load_splits(root: str, seed: int = 0, val_fraction: float = 0.15, test_fract
 
 
 def normalize(images: torch.Tensor) -> torch.Tensor:
-    return images.float().div(127.5).sub(1.0)  # [-1, 1], as the data module's Normalize(0.5, 0.5)
+    """Each image to zero mean and unit variance (albumentations' ``Normalize(normalization="image")``)."""
+    x = images.float()
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    std = x.std(dim=(1, 2, 3), keepdim=True, unbiased=False)
+    return (x - mean) / (std + 1e-4)
 
 
 class CropDataset(torch.utils.data.Dataset):
@@ -111,17 +144,12 @@ class CropDataset(torch.utils.data.Dataset):
             x, y = x.flip(flips), y.flip(flips)
         if self.rng.random() < 0.5:
             x, y = x.transpose(-1, -2), y.transpose(-1, -2)
-        return normalize(x), y.float()
-
-
-def eval_loader(images, masks, batch_size: int):
-    ds = torch.utils.data.TensorDataset(normalize(images), masks.float())
-    return torch.utils.data.DataLoader(ds, batch_size=batch_size)
+        return normalize(x[None])[0], y.float()
 
 
 # -- training --------------------------------------------------------------------------------
-def make_time_budget(seconds: float, peak_lr: float, warmup: float = 0.03):
-    """A callback: cosine learning rate over the elapsed share of ``seconds``, then stop."""
+def make_time_budget(until: float, peak_lr: float, warmup: float = 0.03):
+    """A callback: cosine learning rate over the share of the time left until ``until`` (epoch seconds), then stop."""
     import lightning.pytorch as pl
 
     class TimeBudget(pl.Callback):
@@ -129,10 +157,10 @@ def make_time_budget(seconds: float, peak_lr: float, warmup: float = 0.03):
             self.start, self.steps, self.epochs, self.losses = None, 0, 0, []
 
         def on_train_start(self, trainer, pl_module):
-            self.start = time.perf_counter()
+            self.start = time.time()
 
         def progress(self) -> float:
-            return min(1.0, (time.perf_counter() - self.start) / seconds)
+            return min(1.0, (time.time() - self.start) / max(1e-3, until - self.start))
 
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
             p = self.progress()
@@ -148,11 +176,99 @@ def make_time_budget(seconds: float, peak_lr: float, warmup: float = 0.03):
         def on_train_epoch_end(self, trainer, pl_module):
             self.epochs += 1
             loss = trainer.callback_metrics.get("train/loss_epoch")
-            self.losses.append(None if loss is None else float(loss))
+            self.losses.append(None if loss is None else round(float(loss), 4))
 
     return TimeBudget()
 
 
+def wait_for(path: Path, deadline: float) -> dict:
+    while not path.exists():
+        if time.time() > deadline:
+            raise TimeoutError(f"{path} did not appear in time")
+        time.sleep(0.5)
+    return json.loads(path.read_text())
+
+
+def build_module(row: Row, a, teacher: Path):
+    from lightning_mbu.distill import load_fp_weights
+    from lightning_mbu.module import SegmentationModule
+    from recipe_methods import RecipeModule
+
+    kwargs = dict(config=row.config, base=a.base, stem_mode=row.stem, masked_t=row.masked_t, optimizer="adam",
+                  lr=a.lr)
+    if row.kd:
+        return RecipeModule(teacher=str(teacher), kd_weight=1.0, init_from_teacher=row.init,
+                            feature_kd_weight=1.0 if row.feature_kd else 0.0, sign_gradient=row.sign_gradient,
+                            **kwargs)
+    module = SegmentationModule(**kwargs)
+    if row.init:
+        load_fp_weights(module.net, teacher)
+    return module
+
+
+def save_checkpoint(module, path: Path) -> None:
+    """The net's hyper-parameters and weights in the SegmentationModule checkpoint layout (no teacher)."""
+    keep = ("config", "base", "in_channels", "num_classes", "stem_mode", "masked_statistic", "masked_t")
+    hparams = {k: v for k, v in module.hparams.items() if k in keep}
+    state = {k: v.detach().cpu() for k, v in module.state_dict().items() if k.startswith("net.")}
+    tmp = path.with_suffix(".tmp")
+    torch.save({"hyper_parameters": hparams, "state_dict": state}, tmp)
+    tmp.replace(path)
+
+
+def train_run(a) -> int:
+    import lightning.pytorch as pl
+
+    from lightning_mbu.callbacks import MBUCallback
+
+    name, seed = parse_run(a.run)
+    row = ROWS[name]
+    work = Path(a.work)
+    torch.set_num_threads(a.threads)
+    torch.backends.cudnn.benchmark = True
+    cuda = torch.cuda.is_available() and a.accelerator != "cpu"
+    device = torch.device("cuda" if cuda else "cpu")
+    train_images, train_masks, _ = load_splits(a.data, a.split_seed)["train"]
+    train_images, train_masks = train_images.to(device), train_masks.to(device)
+    if row.config is None:
+        until = a.until
+    else:  # wait for the driver's start signal: the FP nets are trained and the card is ours to share
+        until = wait_for(work / "phase2.json", time.time() + a.wait_seconds)["until"]
+    teacher = work / f"fp-s{seed}.ckpt"
+    if row.config is not None and (row.init or row.kd) and not teacher.is_file():
+        raise FileNotFoundError(f"run {a.run} needs the FP checkpoint {teacher}, which was not written")
+
+    pl.seed_everything(seed, workers=True, verbose=False)
+    module = build_module(row, a, teacher)
+    budget = make_time_budget(until, a.lr)
+    callbacks = [budget]
+    if row.config is not None:
+        callbacks.append(MBUCallback(row.config, mask_schedule="linear" if row.warmup_epochs else "constant",
+                                     target_t=row.masked_t, warmup_epochs=row.warmup_epochs, stem_mode=row.stem))
+    if cuda:
+        module = module.to(memory_format=torch.channels_last)
+    loader = torch.utils.data.DataLoader(CropDataset(train_images, train_masks, a.crop, seed),
+                                         batch_size=a.batch_size, shuffle=True, drop_last=True)
+    trainer = pl.Trainer(max_epochs=a.max_epochs, precision="bf16-mixed" if cuda else "32-true",
+                         accelerator="gpu" if cuda else "cpu", devices=1, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                         num_sanity_val_steps=0, callbacks=callbacks)
+    start = time.time()
+    trainer.fit(module, train_dataloaders=loader)
+    train_seconds = time.time() - start
+    save_checkpoint(module, work / f"{a.run}.ckpt")
+    record = {"run": a.run, "row": name, "seed": seed, **{k: v for k, v in asdict(row).items() if k != "seeds"},
+              "base": a.base, "crop": a.crop, "batch_size": a.batch_size, "lr": a.lr,
+              "train_seconds": round(train_seconds, 1), "steps": budget.steps, "epochs": budget.epochs,
+              "train_loss": budget.losses, "device": torch.cuda.get_device_name() if cuda else "cpu"}
+    if row.config is not None:
+        record["mask_t"] = callbacks[-1].current_t
+    (work / f"{a.run}.train.json").write_text(json.dumps(record, indent=1))
+    print(f"{a.run}: {budget.epochs} epochs / {budget.steps} steps in {train_seconds:.0f} s", flush=True)
+    return 0
+
+
+# -- evaluation from saved checkpoints ------------------------------------------------------
 def per_image_dice(logits: torch.Tensor, masks: torch.Tensor) -> list[float]:
     """Dice of (logits > 0) per image; 1 where both prediction and mask are empty."""
     p, t = (logits > 0).flatten(1).float(), masks.flatten(1).float()
@@ -161,344 +277,293 @@ def per_image_dice(logits: torch.Tensor, masks: torch.Tensor) -> list[float]:
 
 
 @torch.no_grad()
-def predict(net, images, batch_size: int, device) -> torch.Tensor:
+def predict(net, images, device, batch_size: int = 8) -> torch.Tensor:
     return torch.cat([net(normalize(images[i:i + batch_size]).to(device)).float().cpu()
                       for i in range(0, len(images), batch_size)])
 
 
-def evaluate(logits: torch.Tensor, masks: torch.Tensor) -> dict[str, float]:
+def metrics(logits: torch.Tensor, masks: torch.Tensor) -> dict[str, float]:
     """The SegmentationModule's test metrics (Dice per image averaged, pooled IoU and F1) of a whole split."""
     from lightning_mbu.module import segmentation_metrics
 
-    metrics, target = segmentation_metrics(""), masks.long()
-    metrics["dice"].update((logits > 0).long(), target)
-    metrics["iou"].update(logits.sigmoid(), target)
-    metrics["f1"].update(logits.sigmoid(), target)
-    return {k: float(v) for k, v in metrics.compute().items()}
+    m, target = segmentation_metrics(""), masks.long()
+    m["dice"].update((logits > 0).long(), target)
+    m["iou"].update(logits.sigmoid(), target)
+    m["f1"].update(logits.sigmoid(), target)
+    return {k: float(v) for k, v in m.compute().items()}
 
 
-def wait_for(path: Path, deadline: float) -> dict:
-    while not path.exists():
-        if time.time() > deadline:
-            raise TimeoutError(f"{path} did not appear in time")
-        time.sleep(1.0)
-    return json.loads(path.read_text())
+def load_net(ckpt: Path):
+    from lightning_mbu.checkpoint import read_checkpoint
+    from lightning_mbu.model import MBUNet
+
+    hp, weights = read_checkpoint(ckpt)
+    keys = ("config", "base", "in_channels", "num_classes", "stem_mode", "masked_statistic", "masked_t")
+    net = MBUNet(**{k: hp[k] for k in keys if k in hp})
+    net.load_state_dict(weights)
+    return net.eval()
 
 
-def train_row(a) -> int:
-    import lightning.pytorch as pl
+def summarize(values: list[float]) -> dict:
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "min": min(values), "max": max(values)}
 
-    from lightning_mbu.callbacks import MBUCallback
-    from lightning_mbu.distill import DistillationModule, load_fp_weights
-    from lightning_mbu.module import SegmentationModule
 
-    row = ROWS[a.row]
-    work = Path(a.work)
-    torch.set_num_threads(a.threads)
-    torch.backends.cudnn.benchmark = True
+def aggregate(work: Path) -> dict:
+    """Every evaluated run, and Table 1 (mean and spread over seeds) from the ``*.eval.json`` files."""
+    runs = {}
+    for run in runs_of(ROWS):
+        f = work / f"{run}.eval.json"
+        if f.is_file():
+            runs[run] = json.loads(f.read_text())
+    rows = {}
+    for name in ROWS:
+        done = [runs[r] for r in runs_of([name]) if r in runs]
+        if not done:
+            continue
+        row = {"config": ROWS[name].config, "stem": None if ROWS[name].config is None else ROWS[name].stem,
+               "seeds": [r["seed"] for r in done], "method": {k: v for k, v in asdict(ROWS[name]).items()
+                                                              if k not in ("config", "stem", "seeds")}}
+        for m in ("dice", "iou", "f1"):
+            s = summarize([r["test"][m] for r in done])
+            row[m], row[f"{m}_std"] = s["mean"], s["std"]
+            if m == "dice":
+                row["dice_min"], row["dice_max"] = s["min"], s["max"]
+        row["val_dice"] = statistics.fmean(r["val"]["dice"] for r in done)
+        row["train_seconds"] = statistics.fmean(r["train_seconds"] for r in done)
+        row["steps"] = statistics.fmean(r["steps"] for r in done)
+        rows[name] = row
+    missing = [r for r in runs_of(ROWS) if r not in runs]
+    return {"runs": runs, "rows": rows, "missing": missing}
+
+
+def evaluate_runs(a) -> int:
+    work, out = Path(a.work), Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    deadline = time.time() + a.seconds
     cuda = torch.cuda.is_available() and a.accelerator != "cpu"
     device = torch.device("cuda" if cuda else "cpu")
-    splits = load_splits(a.data, a.seed)
-    train_images, train_masks = (t.to(device) for t in splits["train"][:2])
-    seconds = a.seconds
-    if a.row != "fp":  # phase 2: wait until the FP net is trained (and the GPU is ours to share)
-        seconds = wait_for(work / "phase2.json", time.time() + a.wait_seconds)["seconds"]
-    fp_ckpt = work / "fp.ckpt"
-    if (row.init_from_fp or row.distill) and not fp_ckpt.is_file():
-        raise FileNotFoundError(f"row {a.row} needs the FP checkpoint {fp_ckpt}, which phase 1 did not write")
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False  # as the packed engines
+    splits = load_splits(a.data, a.split_seed)
+    for run in runs_of(ROWS):  # most important first: a deadline cuts the ablations, not Table 1
+        ckpt, record, result = work / f"{run}.ckpt", work / f"{run}.train.json", work / f"{run}.eval.json"
+        if not (ckpt.is_file() and record.is_file()) or (result.is_file() and not a.force):
+            continue
+        if time.time() > deadline:
+            print(f"evaluate: out of time before {run}", flush=True)
+            break
+        net = load_net(ckpt).to(device)
+        res = json.loads(record.read_text())
+        for split in ("val", "test"):
+            images, masks, ids = splits[split]
+            logits = predict(net, images, device)
+            res[split] = metrics(logits, masks)
+            if split == "test":
+                res["test_per_image_dice"] = dict(zip(ids, per_image_dice(logits, masks)))
+        if net.is_quantized:
+            res["weight_states"] = net.weight_state_fractions()
+        result.write_text(json.dumps(res, indent=1))
+        print(f"{run}: test dice {res['test']['dice']:.4f} iou {res['test']['iou']:.4f} f1 {res['test']['f1']:.4f} "
+              f"(val {res['val']['dice']:.4f}; {res['steps']} steps, {res['train_seconds']:.0f} s)", flush=True)
+    summary = aggregate(work)
+    table1 = {"rows": {k: summary["rows"][k] for k in TABLE1 if k in summary["rows"]},
+              "ablation": {k: v for k, v in summary["rows"].items() if k not in TABLE1},
+              "missing": summary["missing"], "settings": json.loads((work / "settings.json").read_text())
+              if (work / "settings.json").is_file() else {}}
+    if "fp" in table1["rows"] and "mbu" in table1["rows"]:
+        table1["fp_minus_mbu_dice"] = table1["rows"]["fp"]["dice"] - table1["rows"]["mbu"]["dice"]
+    (out / "table1-nuclei.json").write_text(json.dumps(table1, indent=1))
+    (out / "results.json").write_text(json.dumps(summary, indent=1))
+    print(markdown_table(table1))
+    return 0
 
-    pl.seed_everything(a.seed, workers=True, verbose=False)
-    kwargs = dict(config=row.config, base=a.base, stem_mode=row.stem, optimizer="adam", lr=a.lr)
-    if row.distill:
-        module = DistillationModule(teacher=str(fp_ckpt), kd_weight=a.kd_weight, init_from_teacher=row.init_from_fp,
-                                    **kwargs)
-    else:
-        module = SegmentationModule(**kwargs)
-        if row.init_from_fp:
-            load_fp_weights(module.net, fp_ckpt)
-    budget = make_time_budget(seconds, a.lr)
-    callbacks = [budget]
-    if row.config is not None:
-        schedule = "linear" if row.mask_warmup_epochs else "constant"
-        callbacks.append(MBUCallback(row.config, mask_schedule=schedule, target_t=0.5,
-                                     warmup_epochs=row.mask_warmup_epochs, stem_mode=row.stem))
-    loader = torch.utils.data.DataLoader(CropDataset(train_images, train_masks, a.crop, a.seed),
-                                         batch_size=a.batch_size, shuffle=True, drop_last=True)
-    common = dict(accelerator="gpu" if cuda else "cpu", devices=1, logger=False, enable_checkpointing=False,
-                  enable_progress_bar=False, enable_model_summary=False)
-    trainer = pl.Trainer(max_epochs=a.max_epochs, precision="bf16-mixed" if cuda else "32-true",
-                         limit_val_batches=0, num_sanity_val_steps=0, **common, callbacks=callbacks)
-    start = time.perf_counter()
-    trainer.fit(module, train_dataloaders=loader)
-    train_seconds = time.perf_counter() - start
 
-    result = {"row": a.row, **asdict(row), "base": a.base, "crop": a.crop, "batch_size": a.batch_size, "lr": a.lr,
-              "seconds_budget": seconds, "train_seconds": train_seconds, "steps": budget.steps,
-              "epochs": budget.epochs, "train_loss": budget.losses,
-              "device": torch.cuda.get_device_name() if cuda else "cpu"}
-    net = module.net.eval()
-    if row.config is not None:
-        result["weight_states"] = net.weight_state_fractions()
-        result["mask_t"] = callbacks[-1].current_t
-    # saved before evaluation, so a row stopped at the deadline still leaves its weights and curve
-    hparams = {k: v for k, v in module.hparams.items() if k not in ("teacher", "kd_weight", "kd_temperature",
-                                                                   "init_from_teacher")}
-    torch.save({"hyper_parameters": hparams, "state_dict": {k: v.cpu() for k, v in module.state_dict().items()}},
-               work / f"{a.row}.ckpt")
-    (work / f"{a.row}.train.json").write_text(json.dumps(result, indent=1))
+def markdown_table(table1: dict) -> str:
+    """Table 1 and the ablations as markdown, mean +- standard deviation over the seeds."""
+    def fmt(r, m):
+        return f"{r[m]:.3f}" + (f" ± {r[m + '_std']:.3f}" if len(r["seeds"]) > 1 else "")
 
-    # one float32 pass (no TF32, as the packed engines compute) per split over the whole images
+    lines = ["| row | config (stem) | seeds | steps | train s | test Dice | test IoU | test F1 |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, r in {**table1["rows"], **table1["ablation"]}.items():
+        cfg = "FP" if r["config"] is None else f"`{r['config']}` ({r['stem']})"
+        lines.append(f"| {name} | {cfg} | {len(r['seeds'])} | {r['steps']:.0f} | {r['train_seconds']:.0f} | "
+                     f"{fmt(r, 'dice')} | {fmt(r, 'iou')} | {fmt(r, 'f1')} |")
+    return "\n".join(lines)
+
+
+def print_table(a) -> int:
+    print(markdown_table(json.loads(Path(a.table1).read_text())))
+    return 0
+
+
+# -- export and the packed engine ------------------------------------------------------------
+def export_best(a) -> int:
+    """Export the MBU-Net seed with the best validation Dice to ``OUT/mbu_best.mbu``."""
+    from lightning_mbu.export import export_checkpoint
+
+    work, out = Path(a.work), Path(a.out)
+    done = {r: json.loads((work / f"{r}.eval.json").read_text()) for r in runs_of(["mbu"])
+            if (work / f"{r}.eval.json").is_file()}
+    if not done:
+        raise SystemExit("export: no MBU-Net run was evaluated")
+    best = max(done, key=lambda r: done[r]["val"]["dice"])
+    packed = export_checkpoint(work / f"{best}.ckpt", out / "mbu_best.mbu")
+    info = {"run": best, "checkpoint": str(work / f"{best}.ckpt"), "file": "mbu_best.mbu",
+            "bytes": (out / "mbu_best.mbu").stat().st_size, "stages": len(packed.stages)}
+    (out / "export.json").write_text(json.dumps(info, indent=1))
+    print(json.dumps(info))
+    return 0
+
+
+def check_engine(a) -> int:
+    """The packed model on a backend against the PyTorch net it came from, on the test split: differing pixels."""
+    from lightning_mbu import load_packed
+
+    images, masks, ids = load_splits(a.data, a.split_seed)["test"]
+    device = "cuda" if a.backend == "cuda" else "cpu"
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    net.to(device)
-    for split in ("val", "test"):
-        images, masks, ids = splits[split]
-        logits = predict(net, images, a.batch_size, device)
-        result[split] = evaluate(logits, masks)
-        if split == "test":
-            result["test_per_image_dice"] = dict(zip(ids, per_image_dice(logits, masks)))
-    (work / f"{a.row}.json").write_text(json.dumps(result, indent=1))
-    print(f"{a.row}: {budget.epochs} epochs / {budget.steps} steps in {train_seconds:.0f} s; "
-          f"test dice {result['test']['dice']:.4f}", flush=True)
+    ref = predict(load_net(Path(a.checkpoint)).to(device), images, device)
+    model = load_packed(a.model, backend=a.backend)
+    start = time.perf_counter()
+    with torch.no_grad():
+        got = torch.cat([model(normalize(images[i:i + 8]).to(device)).float().cpu() for i in range(0, len(images), 8)])
+    seconds = time.perf_counter() - start
+    differ = ((got > 0) != (ref > 0)).flatten(1).sum(1)
+    report = {"backend": a.backend, "images": len(ids), "pixels": int(masks.numel()),
+              "differing_pixels": int(differ.sum()), "images_differing": int((differ > 0).sum()),
+              "differing_by_image": {i: int(d) for i, d in zip(ids, differ) if d},
+              "engine_dice": metrics(got, masks)["dice"], "pytorch_dice": metrics(ref, masks)["dice"],
+              "engine_seconds": round(seconds, 3)}
+    text = json.dumps(report, indent=1)
+    if a.output:
+        Path(a.output).write_text(text)
+    print(text)
     return 0
 
 
 # -- the one-call driver ---------------------------------------------------------------------
-def export_best(results: dict, work: Path, out: Path) -> dict:
-    """Export the MBU-Net row with the best validation Dice through the `lightning-mbu export` command."""
-    from lightning_mbu.cli import main
-    from lightning_mbu.export import cli as export_cli
-
-    done = [r for r in MBU_ROWS if r in results and "val" in results[r]]
-    if not done:
-        return {"error": "no MBU-Net row finished"}
-    best = max(done, key=lambda r: results[r]["val"]["dice"])
-    parser = argparse.ArgumentParser(prog="lightning-mbu")
-    export_cli.add_parser(parser.add_subparsers(dest="command", required=True))
-    target = out / "mbu_best.mbu"
-    code = main(["export", str(work / f"{best}.ckpt"), "-o", str(target)], parser=parser)
-    return {"row": best, "file": target.name, "exit_code": code,
-            "bytes": target.stat().st_size if target.exists() else None}
-
-
-def check_cuda_engine(results: Path, data: str, seconds: float) -> dict:
-    """``check --backend cuda`` on the exported model, in a subprocess with a time limit."""
-    cmd = [sys.executable, __file__, "check", str(results), str(results.parent / "mbu_best.mbu"), "--data", data,
-           "--backend", "cuda"]
-    try:
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=max(1.0, seconds))
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {seconds:.0f} s"}
-    if p.returncode:
-        return {"error": p.stderr.strip().splitlines()[-1] if p.stderr.strip() else f"exit {p.returncode}"}
-    return json.loads(p.stdout)
-
-
 def run(a) -> int:
     start = time.time()
     deadline = start + a.total_seconds
     out, work = Path(a.out), Path(a.work or Path(a.out) / "work")
     out.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
-    rows = ["fp", *[r for r in (a.rows.split(",") if a.rows else ROWS) if r != "fp"]]
+    (work / "phase2.json").unlink(missing_ok=True)
+    rows = a.rows.split(",") if a.rows else list(ROWS)
+    runs = runs_of(["fp", *[r for r in rows if r != "fp"]])
+    settings = {k: v for k, v in vars(a).items() if k != "func"}
+    (work / "settings.json").write_text(json.dumps(settings, indent=1))
     log = open(out / "study.log", "w")
-    common = ["--data", a.data, "--work", str(work), "--base", str(a.base), "--crop", str(a.crop),
-              "--batch-size", str(a.batch_size), "--lr", str(a.lr), "--seed", str(a.seed), "--accelerator",
-              a.accelerator, "--max-epochs", str(a.max_epochs), "--kd-weight", str(a.kd_weight),
-              "--wait-seconds", str(a.total_seconds)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    procs = {}
-    for r in rows:  # phase-2 rows start now too: imports and data loading overlap with FP training
-        threads = max(1, (os.cpu_count() or 2) // len(rows))
-        procs[r] = subprocess.Popen([sys.executable, __file__, "train", "--row", r, "--seconds", str(a.fp_seconds),
-                                     "--threads", str(threads), *common], stdout=log, stderr=subprocess.STDOUT, env=env)
-    try:
-        procs["fp"].wait(timeout=max(1.0, deadline - a.reserve_seconds - time.time()))
-    except subprocess.TimeoutExpired:
-        procs["fp"].kill()
-    phase2 = deadline - time.time() - a.reserve_seconds
-    (work / "phase2.json").write_text(json.dumps({"seconds": phase2}))
-    print(f"phase 1 (fp) ended after {time.time() - start:.0f} s, exit {procs['fp'].returncode}; "
-          f"phase 2: {len(rows) - 1} rows for {phase2:.0f} s each", flush=True)
+    common = ["--data", a.data, "--work", str(work), "--base", str(a.base), "--crop", str(a.crop),
+              "--batch-size", str(a.batch_size), "--lr", str(a.lr), "--split-seed", str(a.split_seed),
+              "--accelerator", a.accelerator, "--max-epochs", str(a.max_epochs), "--wait-seconds", str(a.total_seconds),
+              "--threads", str(max(1, (os.cpu_count() or 2) // len(runs)))]
+    fp_until = start + a.fp_seconds
+    procs = {r: subprocess.Popen([sys.executable, __file__, "train", "--run", r, "--until", str(fp_until), *common],
+                                 stdout=log, stderr=subprocess.STDOUT, env=env) for r in runs}
+    fp_runs = [r for r in runs if r.startswith("fp-")]
+    for r in fp_runs:
+        try:
+            procs[r].wait(timeout=max(1.0, fp_until + 60 - time.time()))
+        except subprocess.TimeoutExpired:
+            procs[r].kill()
+            print(f"{r}: killed, it did not save in time", flush=True, file=log)
+    train_end = deadline - a.eval_seconds - a.export_seconds
+    (work / "phase2.json").write_text(json.dumps({"until": train_end}))
+    print(f"phase 1 ({', '.join(fp_runs)}) ended after {time.time() - start:.0f} s; phase 2: {len(runs) - len(fp_runs)} "
+          f"runs for {train_end - time.time():.0f} s", flush=True)
     for r, p in procs.items():
         try:
-            p.wait(timeout=max(1.0, deadline - a.export_seconds - time.time()))
+            p.wait(timeout=max(1.0, train_end + 45 - time.time()))  # 45 s to finish the last step and save
         except subprocess.TimeoutExpired:
             p.kill()
-            print(f"{r}: killed at the deadline", flush=True)
-    results = {r: json.loads((work / f"{r}.json").read_text()) for r in rows if (work / f"{r}.json").exists()}
-    trained = {r: json.loads((work / f"{r}.train.json").read_text()) for r in rows
-               if r not in results and (work / f"{r}.train.json").exists()}
-    summary = {"rows": results, "trained_not_evaluated": trained,
-               "missing": [r for r in rows if r not in results and r not in trained],
-               "settings": {k: v for k, v in vars(a).items() if k != "func"}}
-    summary["export"] = export_best(results, work, out)
-    summary["wall_seconds"] = time.time() - start
-    (out / "results.json").write_text(json.dumps(summary, indent=1))
-    left = deadline - time.time()
-    if summary["export"].get("exit_code") == 0 and torch.cuda.is_available() and left > 15:
-        summary["cuda_engine"] = check_cuda_engine(out / "results.json", a.data, left - 5)
-        (out / "results.json").write_text(json.dumps(summary, indent=1))
-    print(f"{'row':<18}{'config':>14}{'epochs':>7}{'steps':>6}{'val dice':>9}{'test dice':>10}{'iou':>7}{'f1':>7}")
-    for r, res in results.items():
-        t = res["test"]
-        print(f"{r:<18}{res['config'] or 'FP':>14}{res['epochs']:>7}{res['steps']:>6}{res['val']['dice']:9.4f}"
-              f"{t['dice']:10.4f}{t['iou']:7.4f}{t['f1']:7.4f}")
-    print(f"missing: {summary['missing']}; export: {summary['export']}; wall {summary['wall_seconds']:.0f} s")
-    if "cuda_engine" in summary:
-        print("cuda engine:", summary["cuda_engine"].get("error", "ok"))
-    return 0
-
-
-def check_engine(a) -> int:
-    """Test-set Dice of the exported model on a packed backend against the PyTorch net it came from."""
-    from lightning_mbu import load_packed
-
-    summary = json.loads(Path(a.results).read_text())
-    row = summary["export"]["row"]
-    ref = summary["rows"][row]["test_per_image_dice"]
-    images, masks, ids = load_splits(a.data, summary["settings"]["seed"])["test"]
-    model = load_packed(a.model, backend=a.backend)
-    device = "cuda" if a.backend == "cuda" else "cpu"
-    start = time.perf_counter()
-    with torch.no_grad():
-        logits = torch.cat([model(normalize(images[i:i + 8]).to(device)).float().cpu()
-                            for i in range(0, len(images), 8)])
-    dice = dict(zip(ids, per_image_dice(logits, masks)))
-    diff = np.array([dice[i] - ref[i] for i in ids])
-    report = {"row": row, "backend": a.backend, "images": len(ids), "engine_mean_dice": float(np.mean(list(dice.values()))),
-              "pytorch_mean_dice": float(np.mean([ref[i] for i in ids])), "max_abs_diff": float(np.abs(diff).max()),
-              "images_differing": int((np.abs(diff) > 0).sum()), "seconds": time.perf_counter() - start}
-    print(json.dumps(report, indent=1))
-    return 0
-
-
-# -- the report: Table 1 next to the paper, Fig. 3a, 3c and 7 ------------------------------------
-#: the paper's Nuclei column of Table 1 (Dice, IoU, F1)
-PAPER_NUCLEI = {"fp": (0.867, 0.776, 0.874), "int8": (0.823, 0.741, 0.851), "int4": (0.819, 0.739, 0.850),
-                "mbu": (0.817, 0.722, 0.839), "binary": (0.434, 0.302, 0.464)}
-TABLE_ROWS = {"fp": "Full precision", "int8": "INT8 weights", "int4": "INT4 weights", "mbu": "MBU-Net",
-              "binary": "Binary"}
-
-
-def table(rows: dict) -> str:
-    """Markdown: the Table 1 rows, then the ablations and the sweep, each beside the paper where it has one."""
-    head = ("| row | config (stem) | epochs / steps | val Dice | test Dice | test IoU | test F1 | paper Dice / IoU / F1 |\n"
-            "|---|---|---|---|---|---|---|---|")
-    lines = [head]
-    for name, res in rows.items():
-        t, paper = res["test"], PAPER_NUCLEI.get(name)
-        cfg = "FP" if res["config"] is None else f"`{res['config']}` ({res['stem']})"
-        lines.append(f"| {TABLE_ROWS.get(name, name)} | {cfg} | {res['epochs']} / {res['steps']} | "
-                     f"{res['val']['dice']:.3f} | {t['dice']:.3f} | {t['iou']:.3f} | {t['f1']:.3f} | "
-                     + (" / ".join(f"{v:.3f}" for v in paper) if paper else "") + " |")
-    return "\n".join(lines)
-
-
-def figures(a) -> int:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from lightning_mbu.config import PAPER_NAMES
-    from lightning_mbu.search.cost import CostModel
-
-    summary = json.loads(Path(a.results).read_text())
-    rows, out = summary["rows"], Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    print(table(rows))
-
-    # Fig. 3a: -1 / 0 / +1 share of every masked layer of the exported MBU-Net and of the all-masked net
-    nets = [r for r in (summary.get("export", {}).get("row"), "k12_init_kd") if r in rows]
-    fig, axes = plt.subplots(1, len(nets), figsize=(5 + 3 * len(nets), 3.6), squeeze=False)
-    for ax, name in zip(axes[0], nets):
-        states = rows[name]["weight_states"]
-        labels = [PAPER_NAMES.get(n, "stem") for n in states]
-        bottom = np.zeros(len(states))
-        for key, color in (("zero", "tab:gray"), ("neg", "tab:blue"), ("pos", "tab:red")):
-            v = np.array([s[key] for s in states.values()])
-            ax.bar(labels, v, bottom=bottom, color=color, label={"zero": "0 (masked)", "neg": "-1", "pos": "+1"}[key])
-            bottom += v
-        ax.set_title(f"{name}: `{rows[name]['config']}`", fontsize=9)
-        ax.set_ylabel("share of weights")
-        ax.tick_params(axis="x", rotation=60)
-    axes[0][0].legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(out / "fig3a_sparsity.png", dpi=120)
-    plt.close(fig)
-
-    # Fig. 7: test Dice against the deployed net's binary ops (512x512, base 64) for the cost-aware configs
-    cost = CostModel.measure((512, 512), base=64)
-    ranked = cost.cost_aware_configs()
-    stale = {k: c for k, c in COST_AWARE.items() if str(ranked[k]) != c}
-    if stale:
-        raise ValueError(f"COST_AWARE no longer matches the cost model's ranking: {stale}")
-    sweep = [(k, f"k{k}_init_kd" if k != 4 else "mbu_init_kd") for k in sorted(COST_AWARE)]
-    pts = [(k, cost.config_binary_ops(COST_AWARE[k]) / 1e9, rows[r]["test"]["dice"]) for k, r in sweep if r in rows]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot([p[1] for p in pts], [p[2] for p in pts], "o-", color="tab:orange", label="cost-aware k, FP init + KD")
-    for k, x, y in pts:
-        ax.annotate(f"k={k}", (x, y), fontsize=8, xytext=(3, 3), textcoords="offset points")
-    for name, marker in (("mbu", "s"), ("binary", "v")):
-        if name in rows:
-            model = cost if rows[name]["stem"] == "masked" else CostModel.measure((512, 512), 64,
-                                                                                  stem_mode=rows[name]["stem"])
-            ax.scatter([model.config_binary_ops(rows[name]["config"]) / 1e9], [rows[name]["test"]["dice"]], marker=marker,
-                       color="tab:gray", label=f"{name}, from scratch")
-    if "fp" in rows:
-        ax.axhline(rows["fp"]["test"]["dice"], color="tab:green", ls="--", lw=1, label="full precision")
-    ax.set_xlabel("G binary ops (xor encoding, 512x512, base 64)")
-    ax.set_ylabel("test Dice")
-    st = summary["settings"]
-    ax.set_title(f"trained at {Path(st['data']).name}, base {st['base']} ({rows['fp']['device'] if 'fp' in rows else ''})",
-                 fontsize=9)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "fig7_pareto_ops.png", dpi=120)
-    plt.close(fig)
-    print(f"wrote {out / 'fig3a_sparsity.png'}, {out / 'fig7_pareto_ops.png'}")
+            print(f"{r}: killed at the deadline (no checkpoint)", flush=True)
+    print(f"training ended after {time.time() - start:.0f} s", flush=True)
+    me = [sys.executable, __file__]
+    paths = ["--data", a.data, "--work", str(work), "--out", str(out), "--split-seed", str(a.split_seed)]
+    # evaluate starts no new run once the export's time is near, and is stopped at the deadline
+    steps = [("evaluate", [*me, "evaluate", *paths, "--seconds", str(max(5.0, deadline - a.export_seconds - 5
+                                                                              - time.time()))]),
+             ("export", [*me, "export", *paths])]
+    for name, cmd in steps:
+        try:
+            code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                  timeout=max(1.0, deadline - time.time())).returncode
+        except subprocess.TimeoutExpired:
+            code = "timeout"
+        print(f"{name}: exit {code} after {time.time() - start:.0f} s", flush=True)
+    export = out / "export.json"
+    if a.check_backend and export.is_file():
+        ckpt = json.loads(export.read_text())["checkpoint"]
+        cmd = [*me, "check", str(out / "mbu_best.mbu"), ckpt, "--data", a.data, "--split-seed", str(a.split_seed),
+               "--backend", a.check_backend, "--output", str(out / f"check-{a.check_backend}.json")]
+        try:
+            code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                  timeout=max(1.0, deadline + a.check_seconds - time.time())).returncode
+        except subprocess.TimeoutExpired:
+            code = "timeout"
+        print(f"check ({a.check_backend}): exit {code} after {time.time() - start:.0f} s", flush=True)
     return 0
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
-    for name in ("run", "train"):
-        s = sub.add_parser(name)
+
+    def data_args(s, work_required=True):
         s.add_argument("--data", required=True, help="dataset root (e.g. the 512x512 cache)")
+        s.add_argument("--split-seed", type=int, default=0, help="seed of the data module's train/val/test split")
+        s.add_argument("--accelerator", default="auto")
+        if work_required is not None:
+            s.add_argument("--work", required=work_required, default=None,
+                           help="checkpoints and per-run JSON (run: default OUT/work)")
+
+    r = sub.add_parser("run", help="train every run, evaluate, export and check, inside --total-seconds")
+    data_args(r, work_required=False)
+    t = sub.add_parser("train", help="train one run (ROW-sSEED) and save its checkpoint and record")
+    data_args(t)
+    for s in (r, t):
         s.add_argument("--base", type=int, default=64)
         s.add_argument("--crop", type=int, default=256, help="training crop size")
         s.add_argument("--batch-size", type=int, default=8)
         s.add_argument("--lr", type=float, default=1e-3, help="peak Adam learning rate")
-        s.add_argument("--kd-weight", type=float, default=1.0)
-        s.add_argument("--seed", type=int, default=0)
-        s.add_argument("--accelerator", default="auto")
         s.add_argument("--max-epochs", type=int, default=1000, help="also stop after this many epochs")
-        s.add_argument("--wait-seconds", type=float, default=600)
-    r, t = sub.choices["run"], sub.choices["train"]
-    r.add_argument("--out", required=True, help="results folder (results.json, study.log, mbu_best.mbu)")
-    r.add_argument("--work", default=None, help="checkpoints and per-row JSON (default OUT/work)")
-    r.add_argument("--rows", default=None, help=f"comma-separated subset of {', '.join(ROWS)}")
-    r.add_argument("--total-seconds", type=float, default=440, help="wall-clock budget of the whole study")
-    r.add_argument("--fp-seconds", type=float, default=110, help="training time of the FP net (phase 1)")
-    r.add_argument("--reserve-seconds", type=float, default=55, help="kept after phase 2 for evaluation and export")
-    r.add_argument("--export-seconds", type=float, default=20, help="kept for export after the rows are stopped")
+    r.add_argument("--out", required=True, help="results folder (table1-nuclei.json, results.json, study.log, ...)")
+    r.add_argument("--rows", default=None, help=f"comma-separated subset of {', '.join(ROWS)} (fp always runs)")
+    r.add_argument("--total-seconds", type=float, default=560, help="wall-clock budget of the whole study")
+    r.add_argument("--fp-seconds", type=float, default=150, help="until the FP nets stop training (from the start)")
+    r.add_argument("--eval-seconds", type=float, default=75, help="kept after training for evaluation")
+    r.add_argument("--export-seconds", type=float, default=15, help="kept after evaluation for the export")
+    r.add_argument("--check-backend", choices=("cpu", "cuda"), default=None, help="check the export on this backend")
+    r.add_argument("--check-seconds", type=float, default=20, help="the check may run this long past the budget")
     r.set_defaults(func=run)
-    t.add_argument("--row", choices=ROWS, required=True)
-    t.add_argument("--work", required=True)
-    t.add_argument("--seconds", type=float, default=60, help="training time (phase 2 rows read it from phase2.json)")
+    t.add_argument("--run", required=True, help=f"ROW-sSEED, one of {', '.join(runs_of(ROWS))}")
+    t.add_argument("--until", type=float, default=None, help="FP runs: train until this time (epoch seconds)")
+    t.add_argument("--wait-seconds", type=float, default=600, help="quantized runs: wait this long for the teachers")
     t.add_argument("--threads", type=int, default=2)
-    t.set_defaults(func=train_row)
-    c = sub.add_parser("check", help="the exported model's test Dice on a packed backend vs its PyTorch net")
-    c.add_argument("results")
+    t.set_defaults(func=train_run)
+    e = sub.add_parser("evaluate", help="evaluate every saved checkpoint not yet evaluated; write Table 1")
+    data_args(e)
+    e.add_argument("--out", required=True)
+    e.add_argument("--seconds", type=float, default=3600, help="start no new run after this long")
+    e.add_argument("--force", action="store_true", help="evaluate runs evaluated before again")
+    e.set_defaults(func=evaluate_runs)
+    x = sub.add_parser("export", help="export the best MBU-Net seed (validation Dice) to OUT/mbu_best.mbu")
+    data_args(x)
+    x.add_argument("--out", required=True)
+    x.set_defaults(func=export_best)
+    c = sub.add_parser("check", help="a packed model vs its PyTorch checkpoint on the test split")
     c.add_argument("model")
-    c.add_argument("--data", required=True)
+    c.add_argument("checkpoint")
+    data_args(c, work_required=None)
     c.add_argument("--backend", choices=("cpu", "cuda"), default="cpu")
+    c.add_argument("--output", default=None)
     c.set_defaults(func=check_engine)
-    f = sub.add_parser("figures", help="Table 1 as markdown, Fig. 3a and Fig. 7 from a results.json")
-    f.add_argument("results")
-    f.add_argument("--out", default="docs")
-    f.set_defaults(func=figures)
+    s = sub.add_parser("table", help="Table 1 and the ablations as markdown from a table1-nuclei.json")
+    s.add_argument("table1")
+    s.set_defaults(func=print_table)
     a = p.parse_args(argv)
     return a.func(a)
 
