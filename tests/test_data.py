@@ -97,8 +97,10 @@ def test_default_sizes_are_the_papers(tmp_path):
 
 def test_native_size_folder_and_mismatched_sizes(tmp_path):
     root = make_folder(tmp_path)
-    x, _ = SegmentationDataModule(root).dataset("all")[0]
-    assert x.shape == (3, 20, 24)
+    dm = SegmentationDataModule(root)
+    x, _ = dm.dataset("all")[0]
+    assert x.shape == (3, 20, 24) and dm.native_size == (20, 24)
+    assert SegmentationDataModule(root, size=16).native_size is None
     save(root / "images" / "big.png", image(30, 30))
     save(root / "masks" / "big.png", blob(30, 30))
     with pytest.raises(ValueError, match="different sizes .*pass size"):

@@ -134,6 +134,8 @@ class SegmentationDataModule(pl.LightningDataModule):
         build_transform(self.size, False, normalization)  # fail now on a bad normalization
         self.samples: list[Sample] | None = None
         self.splits: dict[str, list[Sample]] = {}
+        #: (height, width) of every image when ``size`` is None (native size), known after ``setup``
+        self.native_size: tuple[int, int] | None = None
 
     def _parse_size(self, size) -> tuple[int, int] | None:
         if size is None:
@@ -170,6 +172,9 @@ class SegmentationDataModule(pl.LightningDataModule):
                 f"{', ...' if len(sizes) > 4 else ''}); pass size=(height, width) (--size) to resize them"
             )
         self.samples = good
+        if self.size is None:
+            w, h = next(iter(sizes))
+            self.native_size = (h, w)
         idx = split_indices(len(good), self.val_fraction, self.test_fraction, self.seed)
         self.splits = {name: [good[i] for i in sorted(ix)] for name, ix in zip(("train", "val", "test"), idx)}
 
