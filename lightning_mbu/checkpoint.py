@@ -22,3 +22,14 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tens
                          "(needs 'hyper_parameters' and 'state_dict')")
     weights = {k[len("net."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
     return ckpt["hyper_parameters"], weights
+
+
+def read_data_hparams(path: str | os.PathLike) -> dict:
+    """The SegmentationDataModule hyper-parameters a Lightning checkpoint recorded (normalization, size, ...);
+    ``{}`` when it was trained without one."""
+    try:
+        ckpt = torch.load(Path(path), map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"{path}: cannot read as a PyTorch checkpoint: {e}") from e
+    data = ckpt.get("datamodule_hyper_parameters") if isinstance(ckpt, dict) else None
+    return dict(data) if isinstance(data, dict) else {}

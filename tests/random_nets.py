@@ -34,3 +34,16 @@ def randomize(net: MBUNet, seed: int) -> MBUNet:
 def sampled_configs(k: int, seed: int = 0) -> list[str]:
     rng = random.Random(seed)
     return ["BBBBBBBBBBBB", "MMMMMMMMMMMM"] + ["".join(rng.choice("BM") for _ in LAYER_NAMES) for _ in range(k)]
+
+
+def calibrate(net: MBUNet, x: torch.Tensor) -> MBUNet:
+    """Batch-norm statistics of the batch ``x`` (a forward pass in train mode, cumulative averages): a random net
+    whose masks depend on the image, as a trained one's do (random statistics often give constant masks)."""
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.momentum = None
+            m.reset_running_stats()
+    net.train()
+    with torch.no_grad():
+        net(x)
+    return net.eval()
