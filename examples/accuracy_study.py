@@ -194,7 +194,9 @@ def build_module(row: Row, a, teacher: Path):
     from lightning_mbu.module import SegmentationModule
     from recipe_methods import RecipeModule
 
-    kwargs = dict(config=row.config, base=a.base, stem_mode=row.stem, masked_t=row.masked_t, optimizer="adam",
+    from lightning_mbu.config import QuantSpec
+
+    kwargs = dict(quant=QuantSpec(row.config, stem=row.stem, t=row.masked_t), base=a.base, optimizer="adam",
                   lr=a.lr)
     if row.kd:
         return RecipeModule(teacher=str(teacher), kd_weight=1.0, init_from_teacher=row.init,
@@ -208,8 +210,7 @@ def build_module(row: Row, a, teacher: Path):
 
 def save_checkpoint(module, path: Path) -> None:
     """The net's hyper-parameters and weights in the SegmentationModule checkpoint layout (no teacher)."""
-    keep = ("config", "base", "in_channels", "num_classes", "stem_mode", "masked_statistic", "masked_t")
-    hparams = {k: v for k, v in module.hparams.items() if k in keep}
+    hparams = module.net.hparams()
     state = {k: v.detach().cpu() for k, v in module.state_dict().items() if k.startswith("net.")}
     tmp = path.with_suffix(".tmp")
     torch.save({"hyper_parameters": hparams, "state_dict": state}, tmp)
@@ -243,8 +244,9 @@ def train_run(a) -> int:
     budget = make_time_budget(until, a.lr)
     callbacks = [budget]
     if row.config is not None:
-        callbacks.append(MBUCallback(row.config, mask_schedule="linear" if row.warmup_epochs else "constant",
-                                     target_t=row.masked_t, warmup_epochs=row.warmup_epochs, stem_mode=row.stem))
+        # schedules the module's own QuantSpec (config, stem, t)
+        callbacks.append(MBUCallback(mask_schedule="linear" if row.warmup_epochs else "constant",
+                                     warmup_epochs=row.warmup_epochs))
     if cuda:
         module = module.to(memory_format=torch.channels_last)
     loader = torch.utils.data.DataLoader(CropDataset(train_images, train_masks, a.crop, seed),
@@ -262,7 +264,7 @@ def train_run(a) -> int:
               "train_seconds": round(train_seconds, 1), "steps": budget.steps, "epochs": budget.epochs,
               "train_loss": budget.losses, "device": torch.cuda.get_device_name() if cuda else "cpu"}
     if row.config is not None:
-        record["mask_t"] = callbacks[-1].current_t
+        record["mask_t"] = callbacks[-1].t
     (work / f"{a.run}.train.json").write_text(json.dumps(record, indent=1))
     print(f"{a.run}: {budget.epochs} epochs / {budget.steps} steps in {train_seconds:.0f} s", flush=True)
     return 0
@@ -294,14 +296,9 @@ def metrics(logits: torch.Tensor, masks: torch.Tensor) -> dict[str, float]:
 
 
 def load_net(ckpt: Path):
-    from lightning_mbu.checkpoint import read_checkpoint
-    from lightning_mbu.model import MBUNet
+    from lightning_mbu.checkpoint import load_checkpoint
 
-    hp, weights = read_checkpoint(ckpt)
-    keys = ("config", "base", "in_channels", "num_classes", "stem_mode", "masked_statistic", "masked_t")
-    net = MBUNet(**{k: hp[k] for k in keys if k in hp})
-    net.load_state_dict(weights)
-    return net.eval()
+    return load_checkpoint(ckpt).net()
 
 
 def summarize(values: list[float]) -> dict:

@@ -2,11 +2,11 @@
 
 import lightning.pytorch as pl
 
-from lightning_mbu import MBUCallback, SegmentationDataModule, SegmentationModule
+from lightning_mbu import MBUCallback, QuantSpec, SegmentationDataModule, SegmentationModule
 
-config = "BBBBMMMMBBBB"  # binary everywhere, the four transposed convs masked
+quant = QuantSpec("BBBBMMMMBBBB")  # binary everywhere, the four transposed convs masked; t = 0.5
 data = SegmentationDataModule(size=128, batch_size=4)  # no data_root: the built-in sample
-model = SegmentationModule(config, base=8, lr=3e-3)
-trainer = pl.Trainer(max_epochs=40, accelerator="auto", callbacks=[MBUCallback(config, target_t=0.5)])
+model = SegmentationModule(quant, base=8, lr=3e-3)
+trainer = pl.Trainer(max_epochs=40, accelerator="auto", callbacks=[MBUCallback()]  # schedules the module's own spec)
 trainer.fit(model, datamodule=data)
 trainer.test(model, datamodule=data, ckpt_path="last")

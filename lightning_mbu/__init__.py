@@ -3,7 +3,7 @@
 from importlib import import_module
 
 from .callbacks import MBUCallback
-from .config import LAYER_NAMES, LayerConfig
+from .config import LAYER_NAMES, LayerConfig, QuantSpec
 from .model import MBUNet
 
 __version__ = "0.1.0"
@@ -15,7 +15,7 @@ _LAZY = {
     "load_packed": "lightning_mbu.ops",
 }
 
-__all__ = ["LAYER_NAMES", "LayerConfig", "MBUCallback", "MBUNet", *_LAZY]
+__all__ = ["LAYER_NAMES", "LayerConfig", "MBUCallback", "MBUNet", "QuantSpec", *_LAZY]
 
 
 def __getattr__(name):

@@ -17,7 +17,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from .config import LayerConfig
+from .config import LayerConfig, QuantSpec
 from .model import MBUNet
 
 
@@ -64,61 +64,82 @@ def find_mbunet(pl_module: torch.nn.Module) -> MBUNet:
 
 
 class MBUCallback(Callback):
-    """Quantize the module's MBUNet to ``config`` and schedule the masking factor.
+    """Quantize the module's MBUNet to a ``QuantSpec`` and schedule its masking factor ``t``.
 
     Args:
-        config: the 12 layer modes (any form ``LayerConfig.parse`` takes).
+        quant: a ``QuantSpec`` or a layer config alone; None schedules the spec the module's net was
+            built with (it must be quantized). When the net is already quantized, a ``quant`` whose
+            config, stem or statistic differs from the net's raises instead of being ignored.
         mask_schedule: "constant", "linear", "cosine", or a callable ``epoch -> t``.
-        target_t: the masking factor reached after the warm-up.
-        warmup_epochs: epochs of the linear/cosine ramp from t=0 (binary-like) to ``target_t``.
-        statistic: per-channel statistic the threshold scales: "max" or "mean".
-        stem_mode: mode of the second input conv (masked in the paper).
+        warmup_epochs: epochs of the linear/cosine ramp from t=0 (binary-like) to the spec's ``t``.
         log_weight_stats: log the -1/0/+1 fraction of each masked layer every epoch.
     """
 
     def __init__(
         self,
-        config: str | LayerConfig | dict,
+        quant: QuantSpec | str | LayerConfig | dict | None = None,
         mask_schedule: str | Callable[[int], float] = "constant",
-        target_t: float = 0.5,
         warmup_epochs: int = 0,
-        statistic: str = "max",
-        stem_mode: str = "masked",
         log_weight_stats: bool = True,
     ):
-        self.config = LayerConfig.parse(config)
-        if callable(mask_schedule):
-            self._schedule = mask_schedule
-        elif mask_schedule in MASK_SCHEDULES:
-            self._schedule = MASK_SCHEDULES[mask_schedule](target_t, warmup_epochs)
-        else:
+        if not callable(mask_schedule) and mask_schedule not in MASK_SCHEDULES:
             raise ValueError(
                 f"unknown mask_schedule {mask_schedule!r}; valid: {', '.join(MASK_SCHEDULES)} or a callable"
             )
-        self.statistic = statistic
-        self.stem_mode = stem_mode
+        self.quant = None if quant is None else QuantSpec.coerce(quant)
+        if self.quant is not None and not self.quant.is_quantized:
+            raise ValueError("MBUCallback: the QuantSpec has no layer config (full precision); give one, or "
+                             "quant=None to schedule the module's own quantized net")
+        self.mask_schedule, self.warmup_epochs = mask_schedule, warmup_epochs
         self.log_weight_stats = log_weight_stats
-        self.current_t = float(self._schedule(0))
+        self._schedule = self._make_schedule() if self.quant is not None else None
+        #: the masking factor now applied (None until the spec is known)
+        self.t: float | None = float(self._schedule(0)) if self._schedule else None
+
+    def _make_schedule(self) -> Callable[[int], float]:
+        if callable(self.mask_schedule):
+            return self.mask_schedule
+        return MASK_SCHEDULES[self.mask_schedule](self.quant.t, self.warmup_epochs)
+
+    def _resolve(self, net: MBUNet) -> QuantSpec:
+        """The spec to train: this callback's, checked against a net already quantized, or the net's own."""
+        if self.quant is None:
+            if not net.is_quantized:
+                raise ValueError("MBUCallback(quant=None) schedules the module's own quantized net, but its "
+                                 "MBUNet is full precision; give MBUCallback a QuantSpec or build the net quantized")
+            return net.quant
+        if net.is_quantized:
+            for field in ("config", "stem", "statistic"):
+                mine, built = getattr(self.quant, field), getattr(net.quant, field)
+                if mine != built:
+                    raise ValueError(f"MBUCallback's QuantSpec.{field} is {mine} but the module's net was built "
+                                     f"quantized with {field} {built}; pass the same spec (or quant=None)")
+        return self.quant
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         net = find_mbunet(pl_module)
-        net.quantize_(self.config, stem_mode=self.stem_mode, masked_t=self.current_t,
-                      masked_statistic=self.statistic)
+        self.quant = self._resolve(net)
+        if self._schedule is None:
+            self._schedule = self._make_schedule()
+        if self.t is None:
+            self.t = float(self._schedule(0))
+        net.quantize_(self.quant)
+        self._apply_t(pl_module, self.t)
         # so that load_from_checkpoint rebuilds the quantized net this callback trained
         hparams = getattr(pl_module, "hparams", None)
-        if hparams is not None and "config" in hparams:
-            hparams.update(config=str(self.config), stem_mode=self.stem_mode, masked_statistic=self.statistic)
+        if hparams is not None and "quant" in hparams:
+            hparams["quant"] = net.quant.as_dict()
 
     def _apply_t(self, pl_module: pl.LightningModule, t: float) -> None:
-        self.current_t = float(t)
+        self.t = float(t)
         for _, q in find_mbunet(pl_module).masked_quantizers():
-            q.t.fill_(self.current_t)
+            q.t.fill_(self.t)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._apply_t(pl_module, self._schedule(trainer.current_epoch))
         # every rank holds the same t and weights: syncing (a mean of equal values) changes no value, and
         # keeps Lightning from warning that epoch-level values are not reduced under DDP
-        pl_module.log("mbu/t", self.current_t, on_step=False, on_epoch=True, sync_dist=True)
+        pl_module.log("mbu/t", self.t, on_step=False, on_epoch=True, sync_dist=True)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self.log_weight_stats:
@@ -130,13 +151,13 @@ class MBUCallback(Callback):
         )
 
     def state_dict(self) -> dict[str, Any]:
-        return {"config": str(self.config), "current_t": self.current_t, "statistic": self.statistic,
-                "stem_mode": self.stem_mode}
+        return {"quant": None if self.quant is None else self.quant.as_dict(), "t": self.t}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        saved = LayerConfig.parse(state_dict["config"])
-        if saved != self.config:
+        saved = state_dict.get("quant") or {"config": state_dict["config"]}  # older checkpoints: flat keys
+        saved_config = LayerConfig.parse(saved["config"])
+        if self.quant is not None and saved_config != self.quant.config:
             raise ValueError(
-                f"checkpoint was trained with layer config {saved}, but this MBUCallback has {self.config}"
+                f"checkpoint was trained with layer config {saved_config}, but this MBUCallback has {self.quant.config}"
             )
-        self.current_t = float(state_dict["current_t"])
+        self.t = float(state_dict.get("t", state_dict.get("current_t")))

@@ -1,15 +1,58 @@
-"""Read a SegmentationModule checkpoint without building the LightningModule (no optimizer, no data)."""
+"""Read a SegmentationModule checkpoint once, without building the LightningModule (no optimizer, no data).
+
+The one reader that ``eval``, ``info``, ``export``, ``predict`` and distillation use.
+"""
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from .config import LEGACY_KEYS, QuantSpec
 
-def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
-    """(hyper-parameters, the ``net.*`` weights without the prefix) of a SegmentationModule checkpoint."""
+#: MBUNet constructor arguments a SegmentationModule keeps in its hyper-parameters (besides the QuantSpec)
+NET_KEYS = ("in_channels", "num_classes", "base")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    path: Path
+    hparams: dict
+    #: the ``net.*`` weights without the prefix
+    weights: dict[str, torch.Tensor]
+    #: the SegmentationDataModule hyper-parameters it recorded; {} when trained without one
+    data_hparams: dict
+
+    @property
+    def quant(self) -> QuantSpec:
+        return QuantSpec.from_hparams(self.hparams)
+
+    def net_kwargs(self) -> dict:
+        """``MBUNet(**ckpt.net_kwargs())`` builds the net these weights belong to (old checkpoints too)."""
+        return {"quant": self.quant, **{k: self.hparams[k] for k in NET_KEYS if k in self.hparams}}
+
+    def net(self):
+        """The MBUNet of this checkpoint with its weights, in eval mode (a mismatch names the file)."""
+        from .model import MBUNet
+
+        net = MBUNet(**self.net_kwargs())
+        try:
+            net.load_state_dict(self.weights)
+        except RuntimeError as e:
+            raise ValueError(f"{self.path}: its weights do not fit MBUNet({self.quant.config}, "
+                             f"base={self.hparams.get('base')}): {e}") from e
+        return net.eval()
+
+    def module_kwargs(self) -> dict:
+        """SegmentationModule arguments, with older checkpoints' flat quantization keys folded into ``quant``."""
+        flat = ("config", *LEGACY_KEYS)
+        return {**{k: v for k, v in self.hparams.items() if k not in flat}, "quant": self.quant.as_dict()}
+
+
+def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such checkpoint: {path}")
@@ -21,15 +64,26 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tens
         raise ValueError(f"{path}: not a Lightning checkpoint of a SegmentationModule "
                          "(needs 'hyper_parameters' and 'state_dict')")
     weights = {k[len("net."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
-    return ckpt["hyper_parameters"], weights
+    data = ckpt.get("datamodule_hyper_parameters")
+    return Checkpoint(path, dict(ckpt["hyper_parameters"]), weights, dict(data) if isinstance(data, dict) else {})
+
+
+def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(hyper-parameters, the ``net.*`` weights without the prefix) of a SegmentationModule checkpoint."""
+    ckpt = load_checkpoint(path)
+    return ckpt.hparams, ckpt.weights
 
 
 def read_data_hparams(path: str | os.PathLike) -> dict:
     """The SegmentationDataModule hyper-parameters a Lightning checkpoint recorded (normalization, size, ...);
     ``{}`` when it was trained without one."""
-    try:
-        ckpt = torch.load(Path(path), map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"{path}: cannot read as a PyTorch checkpoint: {e}") from e
-    data = ckpt.get("datamodule_hyper_parameters") if isinstance(ckpt, dict) else None
-    return dict(data) if isinstance(data, dict) else {}
+    return load_checkpoint(path).data_hparams
+
+
+def load_module(ckpt: Checkpoint):
+    """The SegmentationModule of a checkpoint read by ``load_checkpoint``, in eval mode, on the CPU."""
+    from .module import SegmentationModule
+
+    module = SegmentationModule(**ckpt.module_kwargs())
+    module.net.load_state_dict(ckpt.net().state_dict())
+    return module.eval()

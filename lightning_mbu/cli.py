@@ -1,8 +1,4 @@
-"""The `lightning-mbu` command: a thin front that parses arguments and calls the library.
-
-Each subcommand lives beside the code it drives, in a module exposing
-``add_parser(subparsers)`` that registers the subcommand and sets ``func``.
-"""
+"""The `lightning-mbu` command: a thin front that dispatches to the subcommands in ``lightning_mbu.commands``."""
 
 from __future__ import annotations
 
@@ -10,28 +6,24 @@ import argparse
 import sys
 from importlib import import_module
 
+#: subcommand -> module of ``lightning_mbu.commands`` whose ``add_parser`` registers it
 SUBCOMMANDS = {
-    "train": "lightning_mbu.commands.train",
-    "eval": "lightning_mbu.commands.evaluate",
-    "info": "lightning_mbu.commands.info",
-    "cost": "lightning_mbu.search.cli",
-    "search": "lightning_mbu.search.cli",
-    "export": "lightning_mbu.export.cli",
-    "bench": "lightning_mbu.bench.cli",
+    "train": "train",
+    "eval": "evaluate",
+    "info": "info",
+    "cost": "search",
+    "search": "search",
+    "export": "export",
+    "bench": "bench",
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(modules=None) -> argparse.ArgumentParser:
+    """The parser of every subcommand, or of ``modules`` (names in SUBCOMMANDS' values) alone."""
     parser = argparse.ArgumentParser(prog="lightning-mbu", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for module in dict.fromkeys(SUBCOMMANDS.values()):
-        try:
-            mod = import_module(module)
-        except ModuleNotFoundError as e:
-            if e.name and e.name.startswith("lightning_mbu"):
-                continue  # that part of the package is not built yet
-            raise
-        mod.add_parser(sub)
+    for module in modules or dict.fromkeys(SUBCOMMANDS.values()):
+        import_module(f"lightning_mbu.commands.{module}").add_parser(sub)
     return parser
 
 

@@ -15,29 +15,27 @@ import os
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import read_checkpoint
+from .checkpoint import NET_KEYS, Checkpoint, load_checkpoint
 from .model import MBUNet
 from .module import SegmentationModule
 
-#: MBUNet constructor arguments a SegmentationModule keeps in its hyper-parameters
-_NET_KEYS = ("in_channels", "num_classes", "base")
 
-
-def read_fp_checkpoint(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
-    """(hyper-parameters, ``net.*`` weights) of a full-precision SegmentationModule checkpoint."""
-    hp, weights = read_checkpoint(path)
-    if hp.get("config") is not None:
-        raise ValueError(f"{path}: a quantized model (config {hp['config']}); the teacher must be full precision")
-    return hp, weights
+def read_fp_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """A full-precision SegmentationModule checkpoint (a quantized one raises)."""
+    ckpt = load_checkpoint(path)
+    if ckpt.quant.is_quantized:
+        raise ValueError(f"{path}: a quantized model (config {ckpt.quant.config}); the teacher must be full precision")
+    return ckpt
 
 
 def load_fp_weights(net: MBUNet, checkpoint: str | os.PathLike) -> MBUNet:
     """Initialise ``net`` from a full-precision checkpoint of the same width (in place)."""
-    hp, weights = read_fp_checkpoint(checkpoint)
-    for k in _NET_KEYS:
+    ckpt = read_fp_checkpoint(checkpoint)
+    hp = ckpt.hparams
+    for k in NET_KEYS:
         if k in hp and hp[k] != getattr(net, k):
             raise ValueError(f"{checkpoint}: {k}={hp[k]} but the net to initialise has {k}={getattr(net, k)}")
-    missing, unexpected = net.load_state_dict(weights, strict=False)
+    missing, unexpected = net.load_state_dict(ckpt.weights, strict=False)
     # a masked quantizer's threshold factor is the only state a full-precision net lacks
     missing = [k for k in missing if not k.endswith("weight_quantizer.t")]
     if missing or unexpected:
@@ -47,9 +45,9 @@ def load_fp_weights(net: MBUNet, checkpoint: str | os.PathLike) -> MBUNet:
 
 def load_teacher(checkpoint: str | os.PathLike) -> MBUNet:
     """The frozen full-precision MBUNet of a checkpoint, in eval mode."""
-    hp, weights = read_fp_checkpoint(checkpoint)
-    net = MBUNet(None, **{k: hp[k] for k in _NET_KEYS if k in hp})
-    net.load_state_dict(weights)
+    ckpt = read_fp_checkpoint(checkpoint)
+    net = MBUNet(**ckpt.net_kwargs())
+    net.load_state_dict(ckpt.weights)
     return net.eval().requires_grad_(False)
 
 
@@ -67,7 +65,7 @@ class DistillationModule(SegmentationModule):
         kd_weight: weight of the distillation term added to the task loss (BCE + Dice).
         kd_temperature: temperature T of the soft targets.
         init_from_teacher: start the student from the teacher's weights (same width needed).
-        **kwargs: SegmentationModule arguments (config, base, lr, ...).
+        **kwargs: SegmentationModule arguments (quant, base, lr, ...).
     """
 
     def __init__(self, teacher: str, kd_weight: float = 1.0, kd_temperature: float = 1.0,

@@ -21,8 +21,7 @@ from .model import MBUNet
 def activation_bytes(net: MBUNet, size: tuple[int, int], batch: int) -> int:
     """Bytes of float32 tensors autograd saves for the backward pass of one training batch of ``net``."""
     with torch.device("meta"):
-        twin = MBUNet(net.config, in_channels=net.in_channels, num_classes=net.num_classes, base=net.base,
-                      stem_mode=net.stem_mode)
+        twin = MBUNet(**net.hparams())
     twin.train()
     storages: dict[int, int] = {}
 

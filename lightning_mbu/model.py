@@ -1,9 +1,9 @@
 """MBUNet: the paper's U-Net (Fig. A.1 / A.2), full precision and quantized from one definition.
 
-Full precision (``config=None``): ReLU activations, float weights -- the FP32/FP16
-baseline. Quantized (``config`` given): every activation is binary {-1, +1}, the
-first conv and the final 1x1 conv stay full precision, the second input conv uses
-``stem_mode`` (masked by default), and each of the 12 configurable layers uses the
+Full precision (a ``QuantSpec`` without config): ReLU activations, float weights -- the
+FP32/FP16 baseline. Quantized (a config given): every activation is binary {-1, +1}, the
+first conv and the final 1x1 conv stay full precision, the second input conv uses the
+spec's ``stem`` mode (masked by default), and each of the 12 configurable layers uses the
 mode its config names. Batch-norm + activation follow every transposed conv in both
 modes so that a trained FP checkpoint can be quantized in place (MBUCallback).
 """
@@ -16,12 +16,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import LAYER_NAMES, LayerConfig
+from .config import LAYER_NAMES, LayerConfig, QuantSpec
 from .layers import QConv2d, QConvTranspose2d
 from .quant import MaskedWeight, SignActivation, WeightQuantizer, get_weight_quantizer
 
 #: Input height and width are padded up to a multiple of this (four 2x poolings).
 SIZE_MULTIPLE = 16
+
+
+@torch.no_grad()
+def weight_states(convs) -> dict[str, float]:
+    """Fraction of -1 / 0 / +1 values among the quantized weights of ``convs`` (QConv2d/QConvTranspose2d)."""
+    flat = torch.cat([c.quantized_weight().flatten() for c in convs])
+    n = flat.numel()
+    return {"neg": (flat < 0).sum().item() / n, "zero": (flat == 0).sum().item() / n,
+            "pos": (flat > 0).sum().item() / n}
 
 
 class ConvBNAct(nn.Sequential):
@@ -59,14 +68,12 @@ class UpSample(nn.Sequential):
 class MBUNet(nn.Module):
     def __init__(
         self,
-        config: str | LayerConfig | dict | None = None,
+        quant: QuantSpec | str | LayerConfig | dict | None = None,
         in_channels: int = 3,
         num_classes: int = 1,
         base: int = 64,
-        stem_mode: str = "masked",
-        masked_t: float = 0.5,
-        masked_statistic: str = "max",
     ):
+        """``quant``: a QuantSpec, or a layer config alone (the spec's other fields at their defaults)."""
         super().__init__()
         self.in_channels, self.num_classes, self.base = in_channels, num_classes, base
         w = [base * 2**i for i in range(5)]  # 64, 128, 256, 512, 1024
@@ -75,10 +82,9 @@ class MBUNet(nn.Module):
         self.up_ct1, self.up_ct2, self.up_ct3, self.up_ct4 = (UpSample(w[4 - i], w[3 - i]) for i in range(4))
         self.up1, self.up2, self.up3, self.up4 = (DoubleConv(w[4 - i], w[3 - i]) for i in range(4))
         self.outc = nn.Conv2d(w[0], num_classes, 1)
-        self.config: LayerConfig | None = None
-        self.stem_mode = stem_mode
-        if config is not None:
-            self.quantize_(config, stem_mode=stem_mode, masked_t=masked_t, masked_statistic=masked_statistic)
+        self.quant = QuantSpec.coerce(quant)
+        if self.quant.is_quantized:
+            self.quantize_(self.quant)
 
     # -- structure -------------------------------------------------------------------------
     def layer_convs(self, name: str) -> list[QConv2d | QConvTranspose2d]:
@@ -88,7 +94,20 @@ class MBUNet(nn.Module):
 
     @property
     def is_quantized(self) -> bool:
-        return self.config is not None
+        return self.quant.is_quantized
+
+    @property
+    def config(self) -> LayerConfig | None:
+        return self.quant.config
+
+    @property
+    def stem_mode(self) -> str:
+        return self.quant.stem
+
+    def hparams(self) -> dict:
+        """Constructor arguments as plain values: ``MBUNet(**net.hparams())`` rebuilds this net's structure."""
+        return {"quant": self.quant.as_dict(), "in_channels": self.in_channels, "num_classes": self.num_classes,
+                "base": self.base}
 
     def activations(self) -> Iterator[tuple[str, nn.Module]]:
         for name, m in self.named_modules():
@@ -96,24 +115,19 @@ class MBUNet(nn.Module):
                 yield name, m
 
     # -- quantization ----------------------------------------------------------------------
-    def quantize_(
-        self,
-        config: str | LayerConfig | dict,
-        stem_mode: str | None = None,
-        masked_t: float = 0.5,
-        masked_statistic: str = "max",
-    ) -> MBUNet:
-        """Switch this net in place to binary activations and the weight modes of ``config``.
+    def quantize_(self, quant: QuantSpec | str | LayerConfig | dict) -> MBUNet:
+        """Switch this net in place to binary activations and the weight modes of ``quant``.
 
         Parameters are untouched (an optimizer built before stays valid); quantizers already
         of the requested kind keep their state, so calling it twice is harmless.
         """
-        config = LayerConfig.parse(config)
-        stem_mode = stem_mode or self.stem_mode
+        quant = QuantSpec.coerce(quant)
+        if not quant.is_quantized:
+            raise ValueError("quantize_ needs a QuantSpec with a layer config (this one is full precision)")
 
         def make(mode: str) -> WeightQuantizer:
             if mode == "masked":
-                return MaskedWeight(masked_t, masked_statistic)
+                return MaskedWeight(quant.t, quant.statistic)
             return get_weight_quantizer(mode)
 
         def assign(conv, mode):
@@ -122,15 +136,15 @@ class MBUNet(nn.Module):
             if isinstance(conv, QConv2d):
                 conv.pad_value = -1.0
 
-        assign(self.inc.conv2.conv, stem_mode)
-        for name, mode in config.items():
+        assign(self.inc.conv2.conv, quant.stem)
+        for name, mode in quant.config.items():
             for conv in self.layer_convs(name):
                 assign(conv, mode)
         for name, act in list(self.activations()):
             if not isinstance(act, SignActivation):
                 parent, attr = name.rsplit(".", 1)
                 setattr(self.get_submodule(parent), attr, SignActivation())
-        self.config, self.stem_mode = config, stem_mode
+        self.quant = quant
         return self
 
     def masked_quantizers(self) -> Iterator[tuple[str, MaskedWeight]]:
@@ -147,16 +161,9 @@ class MBUNet(nn.Module):
         out = {}
         for name in ("stem", *LAYER_NAMES):
             convs = [self.inc.conv2.conv] if name == "stem" else self.layer_convs(name)
-            qs = [c.quantized_weight() for c in convs if isinstance(c.weight_quantizer, MaskedWeight)]
-            if not qs:
-                continue
-            flat = torch.cat([q.flatten() for q in qs])
-            n = flat.numel()
-            out[name] = {
-                "neg": (flat < 0).sum().item() / n,
-                "zero": (flat == 0).sum().item() / n,
-                "pos": (flat > 0).sum().item() / n,
-            }
+            masked = [c for c in convs if isinstance(c.weight_quantizer, MaskedWeight)]
+            if masked:
+                out[name] = weight_states(masked)
         return out
 
     # -- forward ---------------------------------------------------------------------------

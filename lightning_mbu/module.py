@@ -20,6 +20,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import BinaryF1Score, BinaryJaccardIndex
 from torchmetrics.segmentation import DiceScore
 
+from .config import QuantSpec
 from .model import MBUNet
 
 OPTIMIZERS = ("adam", "rmsprop")
@@ -44,8 +45,9 @@ class SegmentationModule(pl.LightningModule):
     """Binary segmentation with an MBUNet.
 
     Args:
-        config: the 12 layer modes (e.g. "BBBBMMMMBBBB") for a quantized net; None for full precision.
-        base, in_channels, num_classes, stem_mode, masked_statistic, masked_t: passed to ``MBUNet``.
+        quant: a ``QuantSpec``, or a layer config alone (e.g. "BBBBMMMMBBBB"); None for full precision
+            (MBUCallback may quantize it in ``setup``). Saved in the hyper-parameters as a plain dict.
+        base, in_channels, num_classes: passed to ``MBUNet``.
         optimizer: "adam", "rmsprop", or None (RMSprop for full precision, Adam for quantized).
         lr: learning rate (1e-5, the paper's, when None).
         weight_decay, momentum: optimizer settings (momentum is RMSprop's; Adam ignores it).
@@ -55,13 +57,10 @@ class SegmentationModule(pl.LightningModule):
 
     def __init__(
         self,
-        config: str | None = None,
+        quant: QuantSpec | str | dict | None = None,
         base: int = 64,
         in_channels: int = 3,
         num_classes: int = 1,
-        stem_mode: str = "masked",
-        masked_statistic: str = "max",
-        masked_t: float = 0.5,
         optimizer: str | None = None,
         lr: float | None = None,
         weight_decay: float = 1e-8,
@@ -72,11 +71,9 @@ class SegmentationModule(pl.LightningModule):
         super().__init__()
         if optimizer is not None and optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {optimizer!r}; valid: {', '.join(OPTIMIZERS)} or None (auto)")
-        if config is not None:
-            config = str(config)  # a LayerConfig is stored as its 12 letters, so checkpoints stay plain
-        self.save_hyperparameters()
-        self.net = MBUNet(config, in_channels=in_channels, num_classes=num_classes, base=base, stem_mode=stem_mode,
-                          masked_t=masked_t, masked_statistic=masked_statistic)
+        self.net = MBUNet(quant, in_channels=in_channels, num_classes=num_classes, base=base)
+        self.save_hyperparameters(ignore=["quant"])
+        self.hparams["quant"] = self.net.quant.as_dict()  # plain values: checkpoints load with weights_only
         self.val_metrics = segmentation_metrics("val/")
         self.test_metrics = segmentation_metrics("test/")
 

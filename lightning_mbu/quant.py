@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .config import DEFAULT_T, STATISTICS
+
 
 class _SignSTE(torch.autograd.Function):
     """sign(x) with sign(0) = +1; gradient passed where |x| <= 1 (hard-tanh STE)."""
@@ -94,9 +96,9 @@ class MaskedWeight(WeightQuantizer):
     name = "masked"
     ternary = True
 
-    def __init__(self, t: float = 0.5, statistic: str = "max"):
+    def __init__(self, t: float = DEFAULT_T, statistic: str = "max"):
         super().__init__()
-        if statistic not in ("mean", "max"):
+        if statistic not in STATISTICS:
             raise ValueError(f"MaskedWeight statistic must be 'mean' or 'max', got {statistic!r}")
         self.statistic = statistic
         self.register_buffer("t", torch.tensor(float(t)))

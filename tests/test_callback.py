@@ -6,16 +6,17 @@ import torch
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_mbu import MBUCallback, MBUNet
+from lightning_mbu import MBUCallback, MBUNet, QuantSpec
 from lightning_mbu.callbacks import cosine_schedule, linear_schedule
 from lightning_mbu.quant import MaskedWeight
 
 
 class TinySeg(pl.LightningModule):
-    def __init__(self, config=None):
+    def __init__(self, quant=None):
         super().__init__()
-        self.save_hyperparameters()
-        self.net = MBUNet(config, base=4)
+        self.net = MBUNet(quant, base=4)
+        self.save_hyperparameters(ignore=["quant"])
+        self.hparams["quant"] = self.net.quant.as_dict()
 
     def training_step(self, batch, _):
         x, y = batch
@@ -54,13 +55,13 @@ def test_schedules():
 def test_callback_quantizes_fp_model_logs_sparsity_and_resumes(tmp_path):
     torch.manual_seed(0)
     model = TinySeg()  # built in full precision: the callback converts it
-    cb = MBUCallback("BBBBMMMMBBBB", mask_schedule="linear", target_t=0.5, warmup_epochs=4)
+    cb = MBUCallback(QuantSpec("BBBBMMMMBBBB", t=0.5), mask_schedule="linear", warmup_epochs=4)
     t1 = trainer(tmp_path, 2, cb)
     t1.fit(model, loader())
 
     assert model.net.is_quantized and str(model.net.config) == "BBBBMMMMBBBB"
-    assert model.hparams.config == "BBBBMMMMBBBB"
-    assert cb.current_t == pytest.approx(0.125)  # epoch 1 of a 4-epoch ramp
+    assert model.hparams.quant == QuantSpec("BBBBMMMMBBBB").as_dict()  # written once, as the spec
+    assert cb.t == pytest.approx(0.125)  # epoch 1 of a 4-epoch ramp
     metrics = t1.logged_metrics
     for layer in ("stem", "up_ct1", "up_ct4"):
         zero = metrics[f"sparsity/{layer}/zero"]
@@ -76,18 +77,18 @@ def test_callback_quantizes_fp_model_logs_sparsity_and_resumes(tmp_path):
 
     # resume in a fresh process-like setting: a new FP model and a new callback
     model2 = TinySeg()
-    cb2 = MBUCallback("BBBBMMMMBBBB", mask_schedule="linear", target_t=0.5, warmup_epochs=4)
+    cb2 = MBUCallback(QuantSpec("BBBBMMMMBBBB", t=0.5), mask_schedule="linear", warmup_epochs=4)
     t2 = trainer(tmp_path, 3, cb2)
     t2.fit(model2, loader(), ckpt_path=ckpt)
     assert t2.current_epoch == 3
-    assert cb2.current_t == pytest.approx(0.25)  # epoch 2 of the ramp: the schedule continued
+    assert cb2.t == pytest.approx(0.25)  # epoch 2 of the ramp: the schedule continued
     qs = [q for _, q in model2.net.masked_quantizers()]
     assert qs and all(isinstance(q, MaskedWeight) and float(q.t) == pytest.approx(0.25) for q in qs)
 
 
 def test_quantized_checkpoint_reloads_with_masking_state(tmp_path):
     model = TinySeg()
-    cb = MBUCallback("MBBBBBBBBBBB", target_t=0.3)
+    cb = MBUCallback(QuantSpec("MBBBBBBBBBBB", t=0.3))
     t = trainer(tmp_path, 1, cb)
     t.fit(model, loader())
     ckpt = tmp_path / "q.ckpt"
@@ -120,3 +121,27 @@ def test_callback_requires_one_mbunet(tmp_path):
 
     with pytest.raises(ValueError, match="exactly one MBUNet inside NoNet, found 0"):
         MBUCallback("B" * 12).setup(None, NoNet(), "fit")
+
+
+def test_callback_without_spec_schedules_the_modules_own_net(tmp_path):
+    model = TinySeg(QuantSpec("BBBBMMMMBBBB", statistic="mean", t=0.6))
+    cb = MBUCallback(mask_schedule="linear", warmup_epochs=4)
+    trainer(tmp_path, 2, cb).fit(model, loader())
+    assert cb.quant == model.net.quant
+    assert cb.t == pytest.approx(0.15)  # epoch 1 of a ramp to the net's own t = 0.6
+    qs = [q for _, q in model.net.masked_quantizers()]
+    assert qs and all(q.statistic == "mean" and float(q.t) == pytest.approx(0.15) for q in qs)
+
+
+def test_callback_without_spec_refuses_a_full_precision_net(tmp_path):
+    with pytest.raises(ValueError, match=r"quant=None.*full precision"):
+        trainer(tmp_path, 1, MBUCallback()).fit(TinySeg(), loader())
+
+
+@pytest.mark.parametrize("field,value,built", [("statistic", "mean", "max"), ("stem", "binary", "masked"),
+                                               ("config", "MBBBBBBBBBBB", "BBBBMMMMBBBB")])
+def test_callback_spec_conflicting_with_the_built_net_raises(tmp_path, field, value, built):
+    model = TinySeg(QuantSpec("BBBBMMMMBBBB"))
+    cb = MBUCallback(QuantSpec(**{"config": "BBBBMMMMBBBB", field: value}))
+    with pytest.raises(ValueError, match=rf"QuantSpec\.{field} is {value} .* with {field} {built}"):
+        trainer(tmp_path, 1, cb).fit(model, loader())

@@ -4,7 +4,7 @@ import json
 import pytest
 
 from lightning_mbu.cli import build_parser, main
-from lightning_mbu.commands import SAMPLE_DEFAULTS, build_trainer
+from lightning_mbu.commands.lightning_args import SAMPLE_DEFAULTS, build_trainer
 from lightning_mbu.commands.train import resolve_defaults
 
 # tiny settings so a run on the built-in sample takes seconds
@@ -93,3 +93,41 @@ def test_errors_are_clean(argv, message, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("form", [["48x64"], ["48", "64"], ["48X64"]])
+def test_size_accepts_both_forms_in_every_command(form, capsys):
+    from lightning_mbu.commands.lightning_args import data_kwargs
+
+    parser = build_parser()
+    for command in (["train"], ["eval", "x.ckpt"]):
+        assert data_kwargs(parser.parse_args([*command, "--size", *form]))["size"] == (48, 64)
+    assert main(["cost", "--size", *form, "--base", "4", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["size"] == [48, 64]
+    args = parser.parse_args(["search", "--size", *form, "--cost-size", *form])
+    assert args.size == form and args.cost_size == form  # parsed by config.parse_size in run_search_command
+    from lightning_mbu.bench.presets import resolve
+
+    assert resolve(None, parser.parse_args(["bench", "--size", *form]).size).size == (48, 64)
+
+
+def test_square_size_and_bad_size(capsys):
+    from lightning_mbu.commands.lightning_args import data_kwargs
+
+    assert data_kwargs(build_parser().parse_args(["train", "--size", "40"]))["size"] == (40, 40)
+    assert main(["cost", "--size", "4", "5", "6"]) == 2
+    assert "HEIGHTxWIDTH, HEIGHT WIDTH or N" in capsys.readouterr().err
+
+
+def test_info_reads_a_checkpoint_written_before_quant_spec(tmp_path, capsys):
+    import torch
+
+    from lightning_mbu import MBUNet, QuantSpec
+
+    net = MBUNet(QuantSpec("BBBBMMMMBBBB", stem="binary", statistic="mean", t=0.3), base=4)
+    old = {"config": "BBBBMMMMBBBB", "base": 4, "stem_mode": "binary", "masked_statistic": "mean", "masked_t": 0.3}
+    path = tmp_path / "old.ckpt"
+    torch.save({"hyper_parameters": old, "state_dict": {f"net.{k}": v for k, v in net.state_dict().items()}}, path)
+    assert main(["info", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "config BBBBMMMMBBBB, base 4, stem binary" in out and "up_ct1=0.3" in out

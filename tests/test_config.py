@@ -1,6 +1,6 @@
 import pytest
 
-from lightning_mbu.config import LAYER_NAMES, LayerConfig
+from lightning_mbu.config import LAYER_NAMES, LayerConfig, QuantSpec, parse_config, parse_size
 
 
 def test_string_round_trip_and_order():
@@ -47,3 +47,48 @@ def test_errors_list_valid_choices(spec, message):
 def test_wrong_type():
     with pytest.raises(TypeError):
         LayerConfig.parse(12)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"stem": "ternary"}, "unknown mode 'ternary' for QuantSpec.stem"),
+    ({"statistic": "median"}, "QuantSpec.statistic must be one of max, mean, got 'median'"),
+    ({"t": -0.1}, r"QuantSpec.t must be a finite number >= 0, got -0.1"),
+    ({"t": float("nan")}, "QuantSpec.t must be a finite number"),
+    ({"config": "BBB"}, "has 3 letters"),
+])
+def test_quant_spec_validation_names_the_field(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        QuantSpec(**kwargs)
+
+
+def test_quant_spec_forms_and_hparams_round_trip():
+    spec = QuantSpec("up_ct1=M", stem="B", statistic="mean", t=0.7)
+    assert spec.config == LayerConfig.masking(["up_ct1"]) and spec.stem == "binary" and spec.t == 0.7
+    assert QuantSpec.coerce(spec.as_dict()) == spec and QuantSpec.coerce(spec) is spec
+    assert QuantSpec.coerce("BBBBMMMMBBBB") == QuantSpec(LayerConfig.parse("BBBBMMMMBBBB"))
+    assert not QuantSpec.coerce(None).is_quantized and not QuantSpec("fp").is_quantized
+    with pytest.raises(Exception):  # frozen
+        spec.t = 0.1
+    # checkpoints written before QuantSpec kept flat keys
+    old = {"config": "BBBBMMMMBBBB", "stem_mode": "binary", "masked_statistic": "mean", "masked_t": 0.3}
+    assert QuantSpec.from_hparams(old) == QuantSpec("BBBBMMMMBBBB", stem="binary", statistic="mean", t=0.3)
+    assert QuantSpec.from_hparams({"quant": spec.as_dict()}) == spec
+
+
+@pytest.mark.parametrize("text", ["fp", "FP", "none", " None ", None])
+def test_parse_config_full_precision_words(text):
+    assert parse_config(text) is None
+
+
+@pytest.mark.parametrize("value,size", [
+    ("640x959", (640, 959)), ("640X959", (640, 959)), ("512", (512, 512)), (512, (512, 512)),
+    (["640", "959"], (640, 959)), ([640, 959], (640, 959)), (["128"], (128, 128)), ("640 959", (640, 959)),
+])
+def test_parse_size_forms(value, size):
+    assert parse_size(value) == size
+
+
+@pytest.mark.parametrize("value", ["big", "0x5", "1x2x3", [1, 2, 3], "-4"])
+def test_parse_size_refuses(value):
+    with pytest.raises(ValueError, match="HEIGHTxWIDTH, HEIGHT WIDTH or N"):
+        parse_size(value)

@@ -18,7 +18,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_mbu import MBUCallback, SegmentationModule
+from lightning_mbu import MBUCallback, QuantSpec, SegmentationModule
 from lightning_mbu.callbacks import find_mbunet, linear_schedule
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,7 +59,7 @@ class SameWeightsOnEveryRank(Callback):
 def test_ddp_validation_metrics_equal_the_single_process_ones(tmp_path):
     torch.manual_seed(0)
     module = SegmentationModule(CONFIG, base=4, lr=1e-2)
-    callback = MBUCallback(CONFIG, target_t=0.4)
+    callback = MBUCallback(QuantSpec(CONFIG, t=0.4))
     trainer(tmp_path, 1, max_epochs=2, callbacks=[callback]).fit(module, loader(8, seed=0))  # non-trivial weights
     val = loader(8, seed=1)  # 4 images per rank: no padding by the DistributedSampler
     single = trainer(tmp_path, 1, callbacks=[callback]).validate(module, val, verbose=False)[0]
@@ -71,7 +71,7 @@ def test_ddp_validation_metrics_equal_the_single_process_ones(tmp_path):
 
 def _fit(tmp_path, name: str, devices: int, epochs: int, ckpt_path=None) -> dict:
     """Fit, and return the last checkpoint: with ddp_spawn the trainer state lives in the workers."""
-    callback = MBUCallback(CONFIG, mask_schedule="linear", target_t=0.4, warmup_epochs=4)
+    callback = MBUCallback(QuantSpec(CONFIG, t=0.4), mask_schedule="linear", warmup_epochs=4)
     last = ModelCheckpoint(dirpath=tmp_path / name, filename="last", enable_version_counter=False)
     t = trainer(tmp_path, devices, max_epochs=epochs, logger=CSVLogger(tmp_path, name=name, version=0),
                 log_every_n_steps=1, callbacks=[callback, last, SameWeightsOnEveryRank()])
@@ -94,9 +94,9 @@ def test_checkpoint_resumes_on_another_number_of_devices(tmp_path, first, then):
     steps = {1: 4, 2: 2}
     assert ckpt["global_step"] == steps[first] + 2 * steps[then]
     state = next(v for k, v in ckpt["callbacks"].items() if k.startswith("MBUCallback"))
-    assert state["current_t"] == pytest.approx(linear_schedule(0.4, 4)(2))  # the schedule went on from epoch 1
+    assert state["t"] == pytest.approx(linear_schedule(0.4, 4)(2))  # the schedule went on from epoch 1
     resumed = SegmentationModule.load_from_checkpoint(tmp_path / "b" / "last.ckpt", map_location="cpu")
-    assert float(dict(resumed.net.masked_quantizers())["up_ct1"].t) == pytest.approx(state["current_t"])
+    assert float(dict(resumed.net.masked_quantizers())["up_ct1"].t) == pytest.approx(state["t"])
     # rank zero writes the log: one row of t and sparsity per epoch, whatever the device count
     rows = [r for r in _logged(tmp_path, "b") if r.get("mbu/t")]
     assert [int(r["epoch"]) for r in rows] == [1, 2]

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from lightning_mbu.callbacks import MBUCallback
 from lightning_mbu.distill import DistillationModule, distillation_loss, load_fp_weights
+from lightning_mbu.config import QuantSpec
 from lightning_mbu.model import MBUNet
 from lightning_mbu.module import SegmentationModule
 
@@ -24,7 +25,7 @@ def fp_ckpt(tmp_path):
 
 def test_load_fp_weights_copies_every_weight_and_keeps_the_threshold(fp_ckpt):
     fp = torch.load(fp_ckpt, weights_only=True)["state_dict"]
-    net = MBUNet("BBBBMMMMBBBB", base=4, masked_t=0.3)
+    net = MBUNet(QuantSpec("BBBBMMMMBBBB", t=0.3), base=4)
     load_fp_weights(net, fp_ckpt)
     for k, v in net.state_dict().items():
         if k.endswith("weight_quantizer.t"):
@@ -51,7 +52,7 @@ def test_distillation_loss_is_soft_target_bce():
 
 
 def test_distillation_trains_the_student_only(fp_ckpt):
-    module = DistillationModule(teacher=str(fp_ckpt), kd_weight=0.5, config="BBBBMMMMBBBB", base=4, lr=1e-2)
+    module = DistillationModule(teacher=str(fp_ckpt), kd_weight=0.5, quant="BBBBMMMMBBBB", base=4, lr=1e-2)
     assert not any(k.startswith("teacher") or "_teacher" in k for k in module.state_dict())
     assert sum(p.numel() for p in module.parameters()) == sum(p.numel() for p in module.net.parameters())
     teacher_before = {k: v.clone() for k, v in module.teacher.state_dict().items()}
@@ -66,4 +67,4 @@ def test_distillation_trains_the_student_only(fp_ckpt):
     assert not torch.equal(module.net.inc.conv1.conv.weight, student_before)
     for k, v in module.teacher.state_dict().items():
         assert torch.equal(v, teacher_before[k]), k
-    assert module.hparams.config == "BBBBMMMMBBBB" and module.hparams.kd_weight == 0.5
+    assert module.hparams.quant["config"] == "BBBBMMMMBBBB" and module.hparams.kd_weight == 0.5

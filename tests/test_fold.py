@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lightning_mbu import MBUNet
+from lightning_mbu import MBUNet, QuantSpec
 from lightning_mbu.export import fold
 from lightning_mbu.export.fold import fold_batchnorm, threshold
 from random_nets import random_bn, randomize, sampled_configs
@@ -53,7 +53,7 @@ def test_fold_refuses_layers_without_a_bit_plane_form():
     with pytest.raises(ValueError, match=r"layers down2 \(int4\), up_ct1 \(fp\), up4 \(int8\):"):
         fold(MBUNet("B4BBFBBBBBB8", base=4).eval())
     with pytest.raises(ValueError, match=r"layers stem \(inc.conv2\) \(int2\):.*k-bit"):
-        fold(MBUNet("BBBBBBBBBBBB", base=4, stem_mode="int2").eval())
+        fold(MBUNet(QuantSpec("BBBBBBBBBBBB", stem="int2"), base=4).eval())
     with pytest.raises(ValueError, match="full-precision"):
         fold(MBUNet(None, base=4).eval())
 

@@ -3,6 +3,7 @@
 import torch
 
 from lightning_mbu.memory import activation_bytes, free_bytes
+from lightning_mbu.config import QuantSpec
 from lightning_mbu.model import MBUNet
 
 
@@ -20,7 +21,7 @@ def saved_on_cpu(net, size, batch):
 
 def test_meta_measure_equals_real_saved_tensors():
     for config in (None, "BBBBMMMMBBBB", "MMBB2248FFBB"):
-        net = MBUNet(config, base=4, stem_mode="binary")
+        net = MBUNet(QuantSpec(config, stem="binary"), base=4)
         assert activation_bytes(net, (40, 24), 2) == saved_on_cpu(net, (40, 24), 2)
 
 

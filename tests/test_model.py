@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lightning_mbu import LAYER_NAMES, MBUNet
+from lightning_mbu import LAYER_NAMES, MBUNet, QuantSpec
 from lightning_mbu.layers import QConv2d, QConvTranspose2d
 from lightning_mbu.quant import MaskedWeight, SignActivation
 
@@ -67,7 +67,7 @@ def test_full_precision_net_matches_reference_unet_size():
 def test_quantize_in_place_keeps_parameters_and_is_idempotent():
     net = MBUNet(base=4)
     params_before = {n: p for n, p in net.named_parameters()}
-    net.quantize_("BBBBMMMMBBBB", masked_t=0.3)
+    net.quantize_(QuantSpec("BBBBMMMMBBBB", t=0.3))
     assert {n: p for n, p in net.named_parameters()} == params_before
     q = net.up_ct1.conv.weight_quantizer
     q.t.fill_(0.42)

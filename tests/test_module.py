@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_mbu import MBUCallback, SegmentationModule
+from lightning_mbu import MBUCallback, QuantSpec, SegmentationModule
 from lightning_mbu.module import soft_dice_loss
 from lightning_mbu.quant import MaskedWeight
 
@@ -46,7 +46,7 @@ def test_optimizer_overrides_and_callback_quantized_net_gets_adam(tmp_path):
     module = SegmentationModule(None, base=4)  # full precision until MBUCallback quantizes it in setup
     t = trainer(tmp_path, max_steps=1, limit_val_batches=0, callbacks=[MBUCallback("BBBBMMMMBBBB")])
     t.fit(module, data())
-    assert type(t.optimizers[0]) is torch.optim.Adam and module.hparams.config == "BBBBMMMMBBBB"
+    assert type(t.optimizers[0]) is torch.optim.Adam and module.hparams.quant["config"] == "BBBBMMMMBBBB"
 
 
 def test_gradient_clipping_defaults_to_one(tmp_path):
@@ -82,7 +82,7 @@ def test_metrics_match_hand_computation(tmp_path):
 def test_fit_logs_metrics_and_checkpoint_rebuilds_quantized_net(tmp_path):
     torch.manual_seed(0)
     module = SegmentationModule("BBBBMMMMBBBB", base=4, lr=1e-2)
-    t = trainer(tmp_path, max_epochs=3, callbacks=[MBUCallback("BBBBMMMMBBBB", target_t=0.4)])
+    t = trainer(tmp_path, max_epochs=3, callbacks=[MBUCallback(QuantSpec("BBBBMMMMBBBB", t=0.4))])
     x, y = next(iter(data(seed=1)))
     with torch.no_grad():
         loss_before = module.eval().loss(module(x), y)

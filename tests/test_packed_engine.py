@@ -5,7 +5,7 @@ import pytest
 import torch
 from random_nets import randomize, sampled_configs
 
-from lightning_mbu import MBUNet
+from lightning_mbu import MBUNet, QuantSpec
 from lightning_mbu.export import fold, pack_folded
 from lightning_mbu.export.pack import unpack_bits
 from lightning_mbu.ops.cpu import CPUPackedNet
@@ -41,7 +41,7 @@ def test_engine_is_bit_exact_on_sampled_configs(config, encoding):
 def test_engine_with_multiword_segments_and_binary_stem(encoding):
     """base 12: 12..192 channels, so padded channels inside concatenations and several words per pixel."""
     torch.manual_seed(2)
-    net = randomize(MBUNet("MBBMBMMBMBBM", base=12, num_classes=1, stem_mode="binary", masked_t=0.3), seed=5)
+    net = randomize(MBUNet(QuantSpec("MBBMBMMBMBBM", stem="binary", t=0.3), base=12, num_classes=1), seed=5)
     assert_engine_matches_reference(net, torch.randn(3, 3, 33, 50), encoding)
 
 
@@ -83,7 +83,7 @@ def test_exported_checkpoint_reproduces_the_trained_nets_masks(tmp_path):
 
     torch.manual_seed(0)
     config = "BBBBMMMMBBBB"
-    model = module_mod.SegmentationModule(config=config, base=8, lr=1e-3)
+    model = module_mod.SegmentationModule(quant=config, base=8, lr=1e-3)
     trainer = pl.Trainer(max_steps=8, callbacks=[MBUCallback(config)], accelerator="cpu", logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(model, DataLoader(TensorDataset(*synthetic_nuclei(16, 64, 64, seed=0)), batch_size=4))

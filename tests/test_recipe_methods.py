@@ -86,7 +86,7 @@ def fp_ckpt(tmp_path):
 
 @pytest.mark.parametrize("sign_gradient", ["ste", "approx"])
 def test_recipe_module_trains_from_the_teacher_with_feature_distillation(fp_ckpt, sign_gradient):
-    module = RecipeModule(teacher=str(fp_ckpt), config="BBBBMMMMBBBB", base=4, lr=1e-2, sign_gradient=sign_gradient)
+    module = RecipeModule(teacher=str(fp_ckpt), quant="BBBBMMMMBBBB", base=4, lr=1e-2, sign_gradient=sign_gradient)
     fp = torch.load(fp_ckpt, weights_only=True)["state_dict"]
     assert torch.equal(module.net.inc.conv1.conv.weight, fp["net.inc.conv1.conv.weight"])  # initialised from it
     x = torch.randn(4, 3, 32, 32)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from ..config import parse_size
+
 #: Model kinds a preset gives a batch size for; packed covers binary and every MBU-Net config.
 KINDS = ("fp32", "fp16", "packed")
 
@@ -35,20 +37,6 @@ PRESETS: dict[str, Workload] = {
     "isic": Workload("isic", 480, 640, {"fp32": 128, "fp16": 256, "packed": 256}),
     "nuclei": Workload("nuclei", 512, 512, {"fp32": 128, "fp16": 256, "packed": 256}),
 }
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """'640x959' (height x width) or '512' for a square."""
-    parts = text.lower().split("x")
-    try:
-        size = tuple(int(p) for p in parts)
-    except ValueError:
-        raise ValueError(f"--size {text!r} is not HEIGHTxWIDTH (e.g. 640x959)") from None
-    if len(size) == 1:
-        size *= 2
-    if len(size) != 2 or min(size) < 1:
-        raise ValueError(f"--size {text!r} is not HEIGHTxWIDTH with two positive integers")
-    return size
 
 
 def resolve(preset: str | None = "carvana", size: str | None = None, batch: int | None = None) -> Workload:

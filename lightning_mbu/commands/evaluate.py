@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import (add_data_args, add_trainer_args, build_trainer, data_kwargs, metrics_table, stage_metrics,
+from .lightning_args import (add_data_args, add_trainer_args, build_trainer, data_kwargs, metrics_table, stage_metrics,
                tested_images, write_json)
 
 SPLITS = ("test", "val", "train", "all")
@@ -27,16 +27,12 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
+    from ..checkpoint import load_checkpoint, load_module
     from ..data import SegmentationDataModule
-    from ..module import SegmentationModule
 
-    if not args.checkpoint.is_file():
-        raise FileNotFoundError(f"no such checkpoint: {args.checkpoint}")
-    saved = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
-    module = SegmentationModule.load_from_checkpoint(args.checkpoint, map_location="cpu", weights_only=True)
-    datamodule = SegmentationDataModule(**data_kwargs(args, saved.get("datamodule_hyper_parameters")))
+    ckpt = load_checkpoint(args.checkpoint)  # read once: weights, model and data hyper-parameters
+    module = load_module(ckpt)
+    datamodule = SegmentationDataModule(**data_kwargs(args, ckpt.data_hparams))
     datamodule.setup()
     trainer = build_trainer(args, name="eval")
 
@@ -45,13 +41,14 @@ def run(args: argparse.Namespace) -> int:
         loader = datamodule.dataloader(split)
         result = trainer.test(module, dataloaders=loader, verbose=False)[0]
         rows.append({"split": split, "images": tested_images(trainer, loader), **stage_metrics(result, "test")})
-    print(f"checkpoint: {args.checkpoint} (config {module.hparams.config or 'fp'}, base {module.hparams.base})")
+    print(f"checkpoint: {args.checkpoint} (config {module.net.config or 'fp'}, base {module.hparams.base})")
     print(f"data: {datamodule.root} ({datamodule.layout.name}, size {datamodule.size or 'native'})")
     print(metrics_table(rows))
     if args.output:
         write_json(args.output, {
             "checkpoint": str(args.checkpoint),
-            "config": module.hparams.config or "fp",
+            "config": str(module.net.config or "fp"),
+            "quant": module.net.quant.as_dict(),
             "base": module.hparams.base,
             "data": {k: v for k, v in datamodule.hparams.items() if k != "augment"},
             "metrics": {r["split"]: {k: v for k, v in r.items() if k != "split"} for r in rows},

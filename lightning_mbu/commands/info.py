@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..config import LAYER_NAMES, PAPER_NAMES
-from . import write_json
+from ..config import LAYER_NAMES, PAPER_NAMES, parse_config
+from .lightning_args import write_json
 
 
 def add_parser(subparsers) -> None:
@@ -23,37 +23,29 @@ def add_parser(subparsers) -> None:
 
 
 def load_net(args: argparse.Namespace):
+    from ..checkpoint import load_checkpoint
     from ..model import MBUNet
-    from ..module import SegmentationModule
 
     if args.checkpoint is None:
-        config = None if args.config in (None, "fp", "none") else args.config
-        return MBUNet(config, base=args.base), "untrained"
-    if not args.checkpoint.is_file():
-        raise FileNotFoundError(f"no such checkpoint: {args.checkpoint}")
-    module = SegmentationModule.load_from_checkpoint(args.checkpoint, map_location="cpu", weights_only=True)
-    return module.net, str(args.checkpoint)
+        return MBUNet(parse_config(args.config), base=args.base), "untrained"
+    return load_checkpoint(args.checkpoint).net(), str(args.checkpoint)
 
 
 def layer_rows(net) -> list[dict]:
     """One row per weight-bearing block: the FP first conv, the stem, the 12 layers, the FP output conv."""
-    import torch
+    from ..model import weight_states
 
     blocks = [("inc1", "In-C1", net.inc.conv1, "fp"),
               ("stem", "In-C2", net.inc.conv2, net.stem_mode if net.is_quantized else "fp")]
     blocks += [(n, PAPER_NAMES[n], getattr(net, n), net.config[n] if net.is_quantized else "fp") for n in LAYER_NAMES]
     blocks.append(("outc", "Out-C", net.outc, "fp"))
     rows = []
-    with torch.no_grad():
-        for name, paper, block, mode in blocks:
-            convs = [m for m in block.modules() if hasattr(m, "quantized_weight")]
-            row = {"layer": name, "paper": paper, "mode": mode,
-                   "params": sum(p.numel() for p in block.parameters())}
-            if convs and convs[0].weight_quantizer.ternary:
-                w = torch.cat([c.quantized_weight().flatten() for c in convs])
-                row.update(neg=(w < 0).float().mean().item(), zero=(w == 0).float().mean().item(),
-                           pos=(w > 0).float().mean().item())
-            rows.append(row)
+    for name, paper, block, mode in blocks:
+        convs = [m for m in block.modules() if hasattr(m, "quantized_weight")]
+        row = {"layer": name, "paper": paper, "mode": mode, "params": sum(p.numel() for p in block.parameters())}
+        if convs and convs[0].weight_quantizer.ternary:
+            row.update(weight_states(convs))
+        rows.append(row)
     return rows
 
 
@@ -70,14 +62,14 @@ def run(args: argparse.Namespace) -> int:
     net, source = load_net(args)
     rows = layer_rows(net)
     total = sum(p.numel() for p in net.parameters())
-    masked_t = {name: float(q.t) for name, q in net.masked_quantizers()}
+    t = {name: float(q.t) for name, q in net.masked_quantizers()}
     print(f"MBUNet from {source}: config {net.config or 'full precision'}, base {net.base}, "
           f"stem {net.stem_mode if net.is_quantized else 'fp'}, {total:,} parameters")
-    if masked_t:
-        print("masking factor t: " + ", ".join(f"{k}={v:.3g}" for k, v in masked_t.items()))
+    if t:
+        print("masking factor t: " + ", ".join(f"{k}={v:.3g}" for k, v in t.items()))
     print(format_rows(rows))
     if args.output:
         write_json(args.output, {"source": source, "config": str(net.config or "fp"), "base": net.base,
-                                 "parameters": total, "masked_t": masked_t, "layers": rows})
+                                 "parameters": total, "quant": net.quant.as_dict(), "t": t, "layers": rows})
         print(f"wrote {args.output}")
     return 0

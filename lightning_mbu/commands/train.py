@@ -7,7 +7,8 @@ import time
 from pathlib import Path
 
 from ..callbacks import MASK_SCHEDULES
-from . import (SAMPLE_DEFAULTS, add_data_args, add_trainer_args, build_trainer, data_kwargs, metrics_table,
+from ..config import DEFAULT_T, STATISTICS, QuantSpec, parse_config
+from .lightning_args import (SAMPLE_DEFAULTS, add_data_args, add_trainer_args, build_trainer, data_kwargs, metrics_table,
                stage_metrics, tested_images, write_json)
 
 DEFAULT_CONFIG = "BBBBMMMMBBBB"  # the transposed convs masked: cheap to mask, a large gain (paper §4)
@@ -26,10 +27,11 @@ def add_parser(subparsers) -> None:
                    help=f"12 layer modes (B/M/2/4/8/F, e.g. {DEFAULT_CONFIG}) or name=mode,...; 'fp' for a "
                         "full-precision net")
     g.add_argument("--base", type=int, default=None, help="width of the first level (default 64, the paper's)")
-    g.add_argument("--stem-mode", default="masked", help="mode of the second input conv (default masked)")
-    g.add_argument("--statistic", choices=("max", "mean"), default="max", help="masking threshold statistic")
+    g.add_argument("--stem-mode", default=QuantSpec.stem, help="mode of the second input conv (default masked)")
+    g.add_argument("--statistic", choices=STATISTICS, default=QuantSpec.statistic,
+                   help="masking threshold statistic")
     g.add_argument("--mask-schedule", choices=tuple(MASK_SCHEDULES), default="constant")
-    g.add_argument("--target-t", type=float, default=0.5, help="masking factor t after the warm-up")
+    g.add_argument("--target-t", type=float, default=DEFAULT_T, help="masking factor t after the warm-up")
     g.add_argument("--warmup-epochs", type=int, default=0, help="epochs of the linear/cosine ramp of t")
     g.add_argument("--init-from", type=Path, default=None, metavar="CKPT",
                    help="start from the weights of a trained full-precision checkpoint")
@@ -52,7 +54,7 @@ def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
     if args.init_from is not None and args.base is None:
         from ..distill import read_fp_checkpoint
 
-        args.base = read_fp_checkpoint(args.init_from)[0].get("base")  # the width must match the source
+        args.base = read_fp_checkpoint(args.init_from).hparams.get("base")  # the width must match the source
     on_sample = args.data_root is None
     defaults = SAMPLE_DEFAULTS if on_sample else {"base": 64, "max_epochs": PAPER_EPOCHS}
     for key, value in defaults.items():
@@ -61,14 +63,16 @@ def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
     return args
 
 
+def quant_spec(args: argparse.Namespace) -> QuantSpec:
+    return QuantSpec(parse_config(args.config), stem=args.stem_mode, statistic=args.statistic, t=args.target_t)
+
+
 def build_module(args: argparse.Namespace):
     from ..distill import load_fp_weights
     from ..module import SegmentationModule
 
-    config = None if args.config.lower() in ("fp", "none") else args.config
     module = SegmentationModule(
-        config=config, base=args.base, stem_mode=args.stem_mode, masked_statistic=args.statistic,
-        masked_t=args.target_t, optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay, momentum=args.momentum,
+        quant_spec(args), base=args.base, optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay, momentum=args.momentum,
         grad_clip=args.gradient_clip, dice_weight=args.dice_weight,
     )
     if args.init_from is not None:
@@ -97,9 +101,7 @@ def run(args: argparse.Namespace) -> int:
                                auto_insert_metric_name=False)
         callbacks.append(best)
     if module.net.is_quantized:
-        callbacks.append(MBUCallback(module.net.config, mask_schedule=args.mask_schedule, target_t=args.target_t,
-                                     warmup_epochs=args.warmup_epochs, statistic=args.statistic,
-                                     stem_mode=args.stem_mode))
+        callbacks.append(MBUCallback(mask_schedule=args.mask_schedule, warmup_epochs=args.warmup_epochs))
     trainer = build_trainer(args, name=str(module.net.config or "fp"), callbacks=callbacks)
 
     start = time.perf_counter()

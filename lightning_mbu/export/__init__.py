@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from ..checkpoint import read_checkpoint
+from ..checkpoint import load_checkpoint
 from ..model import MBUNet
 from ..ops.graph import ENCODINGS, PackedNet
 from .fold import FoldedNet, fold
@@ -17,9 +17,6 @@ from .pack import pack_folded
 
 __all__ = ["FoldedNet", "PackedNet", "export_checkpoint", "export_model", "fold", "load", "net_from_checkpoint",
            "pack_folded", "save"]
-
-#: MBUNet constructor arguments a SegmentationModule keeps in its hyper-parameters
-_NET_HPARAMS = ("config", "in_channels", "num_classes", "base", "stem_mode", "masked_t", "masked_statistic")
 
 
 def export_model(net: MBUNet, path: str | os.PathLike, default_encoding: str = "xor") -> PackedNet:
@@ -34,16 +31,10 @@ def export_model(net: MBUNet, path: str | os.PathLike, default_encoding: str = "
 
 def net_from_checkpoint(ckpt_path: str | os.PathLike) -> MBUNet:
     """The MBUNet of a SegmentationModule checkpoint: its hyper-parameters and the ``net.*`` weights."""
-    hp, weights = read_checkpoint(ckpt_path)
-    if hp.get("config") is None:
+    ckpt = load_checkpoint(ckpt_path)
+    if not ckpt.quant.is_quantized:
         raise ValueError(f"{ckpt_path}: a full-precision model (no layer config); only quantized MBU-Nets export")
-    net = MBUNet(**{k: hp[k] for k in _NET_HPARAMS if k in hp})
-    try:
-        net.load_state_dict(weights)
-    except RuntimeError as e:
-        raise ValueError(f"{ckpt_path}: its weights do not fit MBUNet({hp.get('config')}, base={hp.get('base')}): "
-                         f"{e}") from e
-    return net.eval()
+    return ckpt.net()
 
 
 def export_checkpoint(ckpt_path: str | os.PathLike, path: str | os.PathLike,

@@ -6,12 +6,14 @@ import datetime
 import sys
 from pathlib import Path
 
+from ..config import parse_size
+
 DEFAULT_MODELS = "fp32,fp16,binary,cost-aware"
 
 
 def add_parser(subparsers) -> None:
-    from .baselines import VARIANTS
-    from .presets import PRESETS
+    from ..bench.baselines import VARIANTS
+    from ..bench.presets import PRESETS
 
     p = subparsers.add_parser(
         "bench", help="benchmark latency, throughput and energy per image (needs a CUDA GPU)",
@@ -20,7 +22,7 @@ def add_parser(subparsers) -> None:
     w = p.add_argument_group("workload")
     w.add_argument("--preset", default="carvana", choices=sorted(PRESETS),
                    help="input size and per-precision batch of the paper's Table A.2 (default: carvana)")
-    w.add_argument("--size", metavar="HxW", help="input height x width, overriding the preset's")
+    w.add_argument("--size", nargs="+", metavar="SIZE", help="input size, HxW, H W or N, overriding the preset's")
     w.add_argument("--batch", type=int, help="batch size for every model, overriding the preset's")
     w.add_argument("--models", default=DEFAULT_MODELS,
                    help="comma-separated: fp32, fp16, binary, cost-aware (the 13 configs masking the k "
@@ -43,7 +45,7 @@ def add_parser(subparsers) -> None:
                    help="let cuDNN's heuristics pick conv algorithms instead of autotuning them")
     t.add_argument("--compile-mode", default=None, help="torch.compile mode for the compile variant (default: inductor default)")
     t.add_argument("--tf32", action="store_true", help="let the FP32 baseline use TF32 tensor cores (default: strict FP32)")
-    t.add_argument("--exact-size", default="128x128", metavar="HxW",
+    t.add_argument("--exact-size", nargs="+", default=["128x128"], metavar="SIZE",
                    help="crop of one image checked bit for bit against the CPU engine (default: %(default)s)")
     t.add_argument("--breakdown", action="store_true", help="also time every stage of each packed net")
     t.add_argument("--device", default="cuda:0")
@@ -59,8 +61,8 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    from .presets import parse_size, resolve
-    from .report import load_accuracy, merge, read_json, write_json, write_report
+    from ..bench.presets import resolve
+    from ..bench.report import load_accuracy, merge, read_json, write_json, write_report
 
     accuracy = load_accuracy(args.accuracy) if args.accuracy else None
     if args.from_json:
@@ -82,8 +84,8 @@ def run(args) -> int:
 
 
 def _measure(args, workload, exact_size, on_update) -> dict | None:
-    from .baselines import VARIANTS
-    from .suite import Bench, NeedsCUDA, Settings
+    from ..bench.baselines import VARIANTS
+    from ..bench.suite import Bench, NeedsCUDA, Settings
 
     variants = tuple(v.strip() for v in args.variants.split(",") if v.strip())
     bad = [v for v in variants if v not in VARIANTS]

@@ -18,7 +18,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    from . import export_checkpoint
+    from ..export import export_checkpoint
 
     out = args.output or args.checkpoint.with_suffix(".mbu")
     packed = export_checkpoint(args.checkpoint, out, default_encoding=args.encoding)

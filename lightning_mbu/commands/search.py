@@ -8,13 +8,13 @@ import logging
 import time
 from pathlib import Path
 
-from ..config import LAYER_NAMES, PAPER_NAMES
-from .cost import ENCODINGS, NORMALIZATIONS, CostModel, parse_size
+from ..config import LAYER_NAMES, PAPER_NAMES, parse_size
+from ..search.cost import ENCODINGS, NORMALIZATIONS, CostModel
 
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("cost", help="per-layer ops, params, cost score and masking rank (Table A.4)")
-    p.add_argument("--size", default="512x512", help="input HEIGHTxWIDTH (default 512x512)")
+    p.add_argument("--size", nargs="+", default=["512x512"], metavar="SIZE", help="input HxW, H W or N (default 512x512)")
     p.add_argument("--base", type=int, default=64, help="U-Net base width (default 64)")
     p.add_argument("--w-op", type=float, default=0.5, help="weight of ops in eq. 2; w_param = 1 - w_op")
     p.add_argument("--normalize", choices=NORMALIZATIONS, default="max",
@@ -28,7 +28,8 @@ def add_parser(subparsers) -> None:
     s.add_argument("--budget", type=int, default=50, help="finished (complete + pruned) trials to reach")
     s.add_argument("--data", default=None, help="dataset root (default: the built-in sample)")
     s.add_argument("--layout", default=None, help="dataset layout (dsb2018, carvana, isic, folder)")
-    s.add_argument("--size", default="64x64", help="training HEIGHTxWIDTH of the trials (default 64x64)")
+    s.add_argument("--size", nargs="+", default=["64x64"], metavar="SIZE",
+                   help="training size of the trials: HxW, H W or N (default 64x64)")
     s.add_argument("--out", default="mbu_search", help="output folder (default ./mbu_search)")
     s.add_argument("--storage", default=None,
                    help="Optuna storage URL (sqlite:///f.db, postgresql+psycopg2://user:pw@host/db, journal:f.log); "
@@ -53,7 +54,8 @@ def add_parser(subparsers) -> None:
     s.add_argument("--kbit", action="store_true", help="also offer 2-bit weights per layer")
     s.add_argument("--grid", action="store_true", help="exhaustive grid over --layers (exact Shapley values)")
     s.add_argument("--no-prune", action="store_true", help="train every trial to the end")
-    s.add_argument("--cost-size", default="512x512", help="input size of the cost objective (default 512x512)")
+    s.add_argument("--cost-size", nargs="+", default=["512x512"], metavar="SIZE",
+                   help="input size of the cost objective: HxW, H W or N (default 512x512)")
     s.add_argument("--cost-base", type=int, default=64, help="base width of the costed net (default 64)")
     s.add_argument("--encoding", choices=ENCODINGS, default="xor")
     s.add_argument("--w-op", type=float, default=0.5, help="eq. 2 weight for the cost-aware ranking")
@@ -86,15 +88,15 @@ def run_cost(args: argparse.Namespace) -> int:
             print(f"  k={k:<2} {c}  {model.config_binary_ops(c, args.encoding) / 1e9:10.2f}")
         print(f"float ops of the first conv and the head: {model.float_ops / 1e9:.2f} G")
     if args.plot:
-        from .plots import plot_cost
+        from ..search.plots import plot_cost
 
         print(f"wrote {plot_cost(model, args.plot)}")
     return 0
 
 
 def run_search_command(args: argparse.Namespace) -> int:
-    from .study import SearchSettings, TrialSettings, run_search
-    from .summary import format_summary, summarize, write_summary
+    from ..search.study import SearchSettings, TrialSettings, run_search
+    from ..search.summary import format_summary, summarize, write_summary
 
     by_paper = {v.lower(): k for k, v in PAPER_NAMES.items()}  # Up-CT4 and up_ct4 both work
     layers = LAYER_NAMES if args.layers == "all" else tuple(
