@@ -131,3 +131,14 @@ def test_info_reads_a_checkpoint_written_before_quant_spec(tmp_path, capsys):
     assert main(["info", str(path)]) == 0
     out = capsys.readouterr().out
     assert "config BBBBMMMMBBBB, base 4, stem binary" in out and "up_ct1=0.3" in out
+
+
+def test_bench_command_alone_needs_neither_optuna_nor_albumentations():
+    import subprocess
+    import sys
+
+    code = ("import runpy, sys; sys.argv = ['bench', '--help']\n"
+            "try:\n    runpy.run_module('lightning_mbu.bench', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in ('optuna', 'albumentations') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "--preset" in out and out.strip().endswith("[]")
