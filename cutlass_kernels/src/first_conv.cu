@@ -16,6 +16,7 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 
+#include "launch_util.h"
 #include "mbu_api.h"
 #include "mma_util.cuh"
 
@@ -192,19 +193,11 @@ int launch(FirstParams p, cudaStream_t stream) {
   auto kernel = first_conv_tc_kernel<T, CIN>;
   int const cout_pad = p.out_words * 32;
   size_t smem = size_t(kParts * kTile + 2 * cout_pad) * K::kRow * sizeof(__half) + 2 * cout_pad * sizeof(float);
-  static size_t smem_set = 48 << 10;  // raised once, outside graph capture (the warm-up run comes first)
-  if (smem > smem_set) {
-    if (cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)))
-      return e;
-    smem_set = smem;
-  }
-  int device = 0, sms = 0, per_sm = 0;
-  cudaGetDevice(&device);
-  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-  if (cudaError_t e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem)) return e;
-  if (per_sm < 1) return MBU_ERR_CANNOT_IMPLEMENT;
+  int resident = 0;
+  if (int err = mbu::resident_blocks(kernel, kThreads, smem, resident)) return err;
+  if (resident < 1) return MBU_ERR_CANNOT_IMPLEMENT;
   p.tiles = int((p.pixels + kTile - 1) / kTile);
-  int grid = sms * per_sm < p.tiles ? sms * per_sm : p.tiles;
+  int grid = resident < p.tiles ? resident : p.tiles;
   kernel<<<grid, kThreads, smem, stream>>>(p);
   return int(cudaGetLastError());
 }

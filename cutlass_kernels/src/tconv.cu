@@ -14,6 +14,7 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 
+#include "launch_util.h"
 #include "mbu_api.h"
 #include "mma_util.cuh"
 #include "pack_epilogue.cuh"
@@ -227,21 +228,13 @@ int launch(MbuConvArgs const& a, TConvParams p, cudaStream_t stream) {
   // small K: several row blocks per tile (the A tile stays small), so syncs and stores amortise
   p.reps = p.ksteps >= 4 ? 1 : p.ksteps >= 2 ? 2 : 4;
   size_t smem = S::smem_bytes(p.kw_pad, p.reps);
-  static size_t smem_set = 48 << 10;  // raised once per instance, outside graph capture (warm-up runs first)
-  if (smem > smem_set) {
-    if (cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)))
-      return e;
-    smem_set = smem;
-  }
-  int device = 0, sms = 0, per_sm = 0;
-  cudaGetDevice(&device);
-  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-  if (cudaError_t e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem)) return e;
-  if (per_sm < 1) return MBU_ERR_CANNOT_IMPLEMENT;
+  int resident = 0;
+  if (int err = mbu::resident_blocks(kernel, kThreads, smem, resident)) return err;
+  if (resident < 1) return MBU_ERR_CANNOT_IMPLEMENT;
   int const bm = S::kBM * p.reps;
   p.m_tiles = int((p.rows + bm - 1) / bm);
   int const n_tiles = 2 * p.groups;
-  int const want = (sms * per_sm + n_tiles - 1) / n_tiles;  // one wave of resident blocks
+  int const want = (resident + n_tiles - 1) / n_tiles;  // one wave of resident blocks
   dim3 grid(n_tiles, want < p.m_tiles ? want : p.m_tiles);
   kernel<<<grid, kThreads, smem, stream>>>(p);
   return int(cudaGetLastError());
