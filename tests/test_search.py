@@ -21,7 +21,7 @@ from optuna.trial import TrialState
 
 from lightning_mbu.cli import main
 from lightning_mbu.search.sampler import ShapleyCostSampler
-from lightning_mbu.search.study import make_storage
+from lightning_mbu.search.storage import make_storage
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--size", "32x32", "--base", "4", "--batch-size", "2", "--train-batches", "1", "--val-batches", "1",
@@ -208,3 +208,38 @@ def test_journal_storage_runs_a_budget(tmp_path):
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
     assert len(finished(optuna.load_study(study_name="mbu-search", storage=storage))) == 2
     assert json.loads((tmp_path / "summary.json").read_text())["finished"] == 2
+
+
+# -- what one process builds and imports -----------------------------------------------------
+def test_the_cost_model_is_built_once_per_process(tmp_path, monkeypatch):
+    from lightning_mbu.search import settings
+    from lightning_mbu.search.cost import CostModel
+
+    built = []
+    measure = CostModel.measure.__func__
+    monkeypatch.setattr(CostModel, "measure",
+                        classmethod(lambda cls, *a, **kw: built.append(a) or measure(cls, *a, **kw)))
+    settings._cost_model.cache_clear()  # an earlier test may have built this size already
+    # queueing, the worker's sampler and objective, and the summary all ask for it
+    assert main(["search", "--budget", "3", "--out", str(tmp_path), *TINY]) == 0
+    assert len(finished(load(tmp_path))) == 3
+    assert built == [((64, 64),)]
+
+
+def test_plots_import_matplotlib_only_when_a_figure_is_drawn(tmp_path):
+    # the package's own __init__ loads Lightning, whose torchmetrics imports matplotlib: load the
+    # subpackage under a bare package so that only plots' imports and theirs count
+    code = ("import sys, types\n"
+            "pkg = sys.modules['lightning_mbu'] = types.ModuleType('lightning_mbu')\n"
+            f"pkg.__path__ = [{str(REPO / 'lightning_mbu')!r}]\n"
+            "from lightning_mbu.search import plots\n"
+            "assert 'matplotlib' not in sys.modules, 'imported with the module'\n"
+            "t = {'cost': 2e9, 'dice': 0.5, 'cost_aware_k': 0}\n"
+            "plots.plot_pareto([t], [t], sys.argv[1])\n"
+            "assert 'matplotlib' in sys.modules\n"
+            "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot state touched'\n")
+    png = tmp_path / "pareto.png"
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    r = subprocess.run([sys.executable, "-c", code, str(png)], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

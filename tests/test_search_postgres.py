@@ -79,7 +79,7 @@ def test_three_hosts_share_a_postgresql_study_and_meet_the_budget_exactly(tmp_pa
 
 
 def _open_storage(url: str, barrier, results) -> None:
-    from lightning_mbu.search.study import make_storage
+    from lightning_mbu.search.storage import make_storage
 
     barrier.wait()  # all at once, as hosts started together
     try:

@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import time
+import warnings
 from pathlib import Path
 
 from ..config import LAYER_NAMES, PAPER_NAMES, parse_size
@@ -94,8 +95,27 @@ def run_cost(args: argparse.Namespace) -> int:
     return 0
 
 
+def configure_logging(worker: int | None = None) -> None:
+    """The search's console: one line per finished trial, no expected warnings or tracebacks.
+
+    Process-wide (root logger, Optuna's verbosity, warning filters), so the command sets it, not
+    the library; ``run_search`` calls it again in each spawned worker process.
+    """
+    import optuna
+
+    prefix = "" if worker is None else f"[worker {worker}] "
+    logging.basicConfig(format=prefix + "%(message)s")
+    logging.getLogger("lightning_mbu.search").setLevel(logging.INFO)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # a surplus trial is expected, not worth a traceback
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")  # lightning vs torch 2.13
+
+
 def run_search_command(args: argparse.Namespace) -> int:
-    from ..search.study import SearchSettings, TrialSettings, run_search
+    from ..search.settings import SearchSettings, TrialSettings
+    from ..search.study import run_search
     from ..search.summary import format_summary, summarize, write_summary
 
     by_paper = {v.lower(): k for k, v in PAPER_NAMES.items()}  # Up-CT4 and up_ct4 both work
@@ -117,10 +137,9 @@ def run_search_command(args: argparse.Namespace) -> int:
     )
     if args.data is not None and not Path(args.data).exists():
         raise FileNotFoundError(f"--data {args.data} does not exist")
-    logging.basicConfig(format="%(message)s")
-    logging.getLogger("lightning_mbu.search").setLevel(logging.INFO)  # one line per finished trial
+    configure_logging()
     start = time.perf_counter()
-    study = run_search(settings)
+    study = run_search(settings, worker_setup=configure_logging)
     summary = summarize(study, settings, settings.cost_model())
     summary["wall_seconds"] = time.perf_counter() - start
     paths = write_summary(summary, settings.out_dir)

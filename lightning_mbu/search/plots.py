@@ -5,15 +5,21 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")  # files only; never needs a display
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from ..config import LAYER_NAMES, PAPER_NAMES
+from .cost import CostModel
+from .shapley import ShapleyResult
 
-from ..config import LAYER_NAMES, PAPER_NAMES  # noqa: E402
-from .cost import CostModel  # noqa: E402
-from .shapley import ShapleyResult  # noqa: E402
+
+def _figure(figsize: tuple[float, float]):
+    """A figure that only writes files, imported when drawn: importing the search must not need matplotlib.
+
+    ``Figure`` without pyplot needs no backend or display and leaves the caller's pyplot state alone.
+    """
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=figsize)
 
 
 def _save(fig, path: str | Path) -> Path:
@@ -21,7 +27,6 @@ def _save(fig, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path
 
 
@@ -29,7 +34,8 @@ def plot_cost(cost_model: CostModel, path: str | Path) -> Path:
     """Ops and parameters per layer (Fig. 4), transposed convs in red."""
     labels = [PAPER_NAMES[n] for n in LAYER_NAMES]
     colors = ["tab:red" if n.startswith("up_ct") else "tab:blue" for n in LAYER_NAMES]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    fig = _figure((11, 3.8))
+    axes = fig.subplots(1, 2)
     for ax, values, title in (
         (axes[0], [cost_model.layers[n].ops for n in LAYER_NAMES], "operations (mult + add)"),
         (axes[1], [cost_model.layers[n].params for n in LAYER_NAMES], "parameters"),
@@ -46,7 +52,8 @@ def plot_shapley(results: Sequence[ShapleyResult], path: str | Path, labels: Seq
     players = results[0].players
     width = 0.8 / len(results)
     x = np.arange(len(players))
-    fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(players)), 3.8))
+    fig = _figure((max(6, 0.7 * len(players)), 3.8))
+    ax = fig.subplots()
     for j, r in enumerate(results):
         se = np.nan_to_num(r.se, nan=0.0)
         label = labels[j] if labels else r.method
@@ -60,7 +67,8 @@ def plot_shapley(results: Sequence[ShapleyResult], path: str | Path, labels: Seq
 
 def plot_pareto(trials: Sequence[dict], front: Sequence[dict], path: str | Path) -> Path:
     """Dice against cost for every finished trial, the front as a step line, cost-aware configs marked."""
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    fig = _figure((6.5, 4.2))
+    ax = fig.subplots()
     done = [t for t in trials if t["dice"] is not None]
     ax.scatter([t["cost"] / 1e9 for t in done], [t["dice"] for t in done], s=14, c="tab:gray", label="trials")
     aware = [t for t in done if t.get("cost_aware_k") is not None]

@@ -20,7 +20,8 @@ from .cost import CostModel
 from .plots import plot_pareto, plot_shapley
 from .pruning import COST_ATTR, CURVE_ATTR
 from .shapley import ShapleyResult, estimate_shapley
-from .study import SearchSettings, cost_aware_params
+from .settings import SearchSettings
+from .study import cost_aware_params
 
 #: the paper's restricted view of Fig. 3c: coalitions with fewer than five masked layers
 PAPER_MAX_MASKED = 5
