@@ -288,7 +288,7 @@ def metrics(logits: torch.Tensor, masks: torch.Tensor) -> dict[str, float]:
     """The SegmentationModule's test metrics (Dice per image averaged, pooled IoU and F1) of a whole split."""
     from lightning_mbu.module import segmentation_metrics
 
-    m, target = segmentation_metrics(""), masks.long()
+    m, target = segmentation_metrics("").to(logits.device), masks.long()
     m["dice"].update((logits > 0).long(), target)
     m["iou"].update(logits.sigmoid(), target)
     m["f1"].update(logits.sigmoid(), target)
@@ -354,7 +354,7 @@ def evaluate_runs(a) -> int:
         for split in ("val", "test"):
             images, masks, ids = splits[split]
             logits = predict(net, images, device)
-            res[split] = metrics(logits, masks)
+            res[split] = metrics(logits.to(device), masks.to(device))
             if split == "test":
                 res["test_per_image_dice"] = dict(zip(ids, per_image_dice(logits, masks)))
         if net.is_quantized:
@@ -362,6 +362,13 @@ def evaluate_runs(a) -> int:
         result.write_text(json.dumps(res, indent=1))
         print(f"{run}: test dice {res['test']['dice']:.4f} iou {res['test']['iou']:.4f} f1 {res['test']['f1']:.4f} "
               f"(val {res['val']['dice']:.4f}; {res['steps']} steps, {res['train_seconds']:.0f} s)", flush=True)
+        write_tables(work, out)  # after every run: a deadline keeps every row evaluated so far
+    print(markdown_table(write_tables(work, out)))
+    return 0
+
+
+def write_tables(work: Path, out: Path) -> dict:
+    """``OUT/table1-nuclei.json`` and ``OUT/results.json`` from the runs evaluated so far; returns Table 1."""
     summary = aggregate(work)
     table1 = {"rows": {k: summary["rows"][k] for k in TABLE1 if k in summary["rows"]},
               "ablation": {k: v for k, v in summary["rows"].items() if k not in TABLE1},
@@ -371,8 +378,7 @@ def evaluate_runs(a) -> int:
         table1["fp_minus_mbu_dice"] = table1["rows"]["fp"]["dice"] - table1["rows"]["mbu"]["dice"]
     (out / "table1-nuclei.json").write_text(json.dumps(table1, indent=1))
     (out / "results.json").write_text(json.dumps(summary, indent=1))
-    print(markdown_table(table1))
-    return 0
+    return table1
 
 
 def markdown_table(table1: dict) -> str:
@@ -491,6 +497,8 @@ def run(a) -> int:
         except subprocess.TimeoutExpired:
             code = "timeout"
         print(f"{name}: exit {code} after {time.time() - start:.0f} s", flush=True)
+        if name == "evaluate" and code != 0:  # stopped mid-way: the tables still hold every run it finished
+            write_tables(work, out)
     export = out / "export.json"
     if a.check_backend and export.is_file():
         ckpt = json.loads(export.read_text())["checkpoint"]
