@@ -6,7 +6,8 @@ import pytest
 
 from lightning_mbu.cli import main
 from lightning_mbu.config import LAYER_NAMES, LayerConfig
-from lightning_mbu.search.cost import CostModel, parse_size
+from lightning_mbu.config import parse_size
+from lightning_mbu.search.cost import CostModel
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ import numpy as np
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
+from ..config import parse_size
 from .dataset import BadSampleError, SegmentationDataset, check_sample
 from .layouts import Layout, Sample, get_layout
 
@@ -127,7 +128,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         self.save_hyperparameters(ignore=[] if isinstance(augment, bool) else ["augment"])
         self.root = SAMPLE_ROOT if data_root is None else Path(data_root).expanduser()
         self.layout: Layout = get_layout("folder" if data_root is None and layout is None else layout, self.root)
-        self.size = self._parse_size(size)
+        self.size = self.layout.size if size is None else parse_size(size)
         self.batch_size, self.num_workers = batch_size, num_workers
         self.val_fraction, self.test_fraction, self.seed = val_fraction, test_fraction, seed
         self.augment, self.normalization, self.skip_bad = augment, normalization, skip_bad
@@ -136,14 +137,6 @@ class SegmentationDataModule(pl.LightningDataModule):
         self.splits: dict[str, list[Sample]] = {}
         #: (height, width) of every image when ``size`` is None (native size), known after ``setup``
         self.native_size: tuple[int, int] | None = None
-
-    def _parse_size(self, size) -> tuple[int, int] | None:
-        if size is None:
-            return self.layout.size
-        h, w = (size, size) if isinstance(size, int) else tuple(size)
-        if h <= 0 or w <= 0:
-            raise ValueError(f"size must be positive (height, width), got {size}")
-        return int(h), int(w)
 
     def setup(self, stage: str | None = None) -> None:
         if self.samples is not None:

@@ -18,7 +18,7 @@ Two views of the same convs:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import torch
@@ -224,20 +224,3 @@ def _normalized(values: Sequence[float], how: str) -> list[float]:
     if how == "max":
         return [v / hi if hi else 0.0 for v in values]
     return [(v - lo) / (hi - lo) if hi > lo else 0.0 for v in values]
-
-
-def parse_size(text: str | Iterable[int]) -> tuple[int, int]:
-    """'512x512' or '640x959' (height x width), or a single number for a square."""
-    if not isinstance(text, str):
-        size = tuple(int(v) for v in text)
-    else:
-        parts = text.lower().replace(",", "x").split("x")
-        try:
-            size = tuple(int(p) for p in parts)
-        except ValueError:
-            raise ValueError(f"size {text!r} is not HEIGHTxWIDTH (e.g. 512x512)") from None
-    if len(size) == 1:
-        size = size * 2
-    if len(size) != 2 or min(size) < 1:
-        raise ValueError(f"size {text!r} is not HEIGHTxWIDTH with positive integers")
-    return size
