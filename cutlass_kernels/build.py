@@ -5,7 +5,10 @@ The library is plain CUDA C++ (CUTLASS instances from generate.py plus the hand-
 symbols, so one build serves any torch version and can be made ahead on a machine without a
 GPU (``python -m cutlass_kernels.build --cc 90``). Builds are cached under
 ``$LIGHTNING_MBU_CACHE`` (default ``~/.cache/lightning_mbu``) in a folder keyed by the compute
-capability and a hash of every source, the kernel table, the CUTLASS version and the compiler.
+capability and a hash of what ships with the package (every source, the kernel table, the flags),
+so a deployed machine finds its library without nvcc or the CUTLASS headers; the toolchain that
+built it is recorded in the folder's ``toolchain.txt`` (delete the folder to rebuild after
+changing CUDA or CUTLASS). ``$LIGHTNING_MBU_KERNELS`` names a prebuilt library to load instead.
 CUTLASS's headers come from ``$CUTLASS_INCLUDE`` or the installed ``nvidia-cutlass`` package.
 """
 
@@ -28,7 +31,10 @@ from .table import KernelSpec, KernelTable
 SRC_DIR = Path(__file__).with_name("src")
 NVCC_FLAGS = ["-std=c++17", "-O3", "-DNDEBUG", "--expt-relaxed-constexpr", "-Xcompiler", "-fPIC"]
 #: hand-written sources compiled next to the generated kernels
-HAND_WRITTEN = ("bitops.cu",)
+HAND_WRITTEN = ("bitops.cu", "first_conv.cu", "tconv.cu", "pool.cu")
+LIBRARY_NAME = "libmbu_kernels.so"
+#: a prebuilt kernel library to load instead of the cache (e.g. shipped in a deployment image)
+PREBUILT_ENV = "LIGHTNING_MBU_KERNELS"
 
 
 class BuildError(RuntimeError):
@@ -98,14 +104,14 @@ def _nvcc_version(nvcc: str) -> str:
     return subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout.strip().splitlines()[-1]
 
 
-def build_key(cc: int, sources: dict[str, str], nvcc: str, include: Path) -> str:
+def build_key(cc: int, sources: dict[str, str]) -> str:
+    """The cache folder's name, from files that ship with the package only (no nvcc, no headers needed)."""
     h = hashlib.sha256()
     for name in sorted(sources):
         h.update(name.encode() + b"\0" + sources[name].encode() + b"\0")
     for p in sorted(SRC_DIR.iterdir()):
         h.update(p.name.encode() + b"\0" + p.read_bytes())
-    h.update((include / "cutlass" / "version.h").read_bytes())
-    h.update(" ".join(NVCC_FLAGS + gencode(cc)).encode() + _nvcc_version(nvcc).encode())
+    h.update(" ".join(NVCC_FLAGS + gencode(cc)).encode())
     return f"sm{cc}-{h.hexdigest()[:16]}"
 
 
@@ -113,15 +119,30 @@ def cache_root() -> Path:
     return Path(os.environ.get("LIGHTNING_MBU_CACHE") or Path.home() / ".cache" / "lightning_mbu")
 
 
+def _generated(specs) -> dict[str, str]:
+    return {f"bconv_{s.name}.cu": emit_kernel(s) for s in specs}
+
+
+def library_dir(cc: int) -> Path:
+    """Where the library for ``cc`` and this package's sources is (or would be) cached."""
+    return cache_root() / build_key(cc, _generated(kernels_for(cc)))
+
+
 def build(cc: int, jobs: int | None = None, verbose: bool = False) -> Path:
-    """The path of the kernel library for compute capability ``cc``, building it if not cached."""
-    nvcc, include = find_nvcc(), cutlass_include()
+    """The path of the kernel library for compute capability ``cc``: ``$LIGHTNING_MBU_KERNELS``, else the
+    cached build, else a new build (only this needs nvcc and the CUTLASS headers)."""
+    prebuilt = os.environ.get(PREBUILT_ENV)
+    if prebuilt:
+        if not Path(prebuilt).is_file():
+            raise BuildError(f"{PREBUILT_ENV}={prebuilt}: the file does not exist")
+        return Path(prebuilt)
     specs = kernels_for(cc)
-    generated = {f"bconv_{s.name}.cu": emit_kernel(s) for s in specs}
-    out_dir = cache_root() / build_key(cc, generated, nvcc, include)
-    lib = out_dir / "libmbu_kernels.so"
+    generated = _generated(specs)
+    out_dir = cache_root() / build_key(cc, generated)
+    lib = out_dir / LIBRARY_NAME
     if lib.is_file():
         return lib
+    nvcc, include = find_nvcc(), cutlass_include()
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=out_dir.name + ".", dir=out_dir.parent))
     try:
@@ -142,6 +163,7 @@ def build(cc: int, jobs: int | None = None, verbose: bool = False) -> Path:
         if proc.returncode:
             raise BuildError(f"linking {lib.name} failed:\n{proc.stderr[-4000:]}")
         (work / "kernels.txt").write_text("\n".join(s.name for s in specs) + "\n")
+        (work / "toolchain.txt").write_text(f"nvcc: {_nvcc_version(nvcc)}\ncutlass headers: {include}\n")
         for obj in objs:  # keep the sources and the library only
             obj.unlink()
         try:
@@ -158,7 +180,16 @@ def build(cc: int, jobs: int | None = None, verbose: bool = False) -> Path:
 def load_library(cc: int | None = None) -> tuple[ctypes.CDLL, tuple[KernelSpec, ...]]:
     """The loaded kernel library for ``cc`` (default: the current GPU) and the kernels it holds."""
     cc = cc if cc is not None else device_cc()
-    return ctypes.CDLL(str(build(cc))), tuple(kernels_for(cc))
+    path, specs = build(cc), tuple(kernels_for(cc))
+    try:
+        lib = ctypes.CDLL(str(path))
+    except OSError as e:
+        raise BuildError(f"{path}: cannot load the kernel library: {e}") from None
+    missing = [s.name for s in specs if not hasattr(lib, f"mbu_bconv_{s.name}")]
+    if missing:  # a prebuilt library from other sources or another kernel table
+        raise BuildError(f"{path} lacks {len(missing)} kernel(s) this package needs for sm_{cc} (e.g. "
+                         f"mbu_bconv_{missing[0]}): it was built from other sources; rebuild it")
+    return lib, specs
 
 
 def main(argv=None) -> int:

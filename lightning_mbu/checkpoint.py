@@ -6,6 +6,7 @@ The one reader that ``eval``, ``info``, ``export``, ``predict`` and distillation
 from __future__ import annotations
 
 import os
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,17 +53,33 @@ class Checkpoint:
         return {**{k: v for k, v in self.hparams.items() if k not in flat}, "quant": self.quant.as_dict()}
 
 
+def _unreadable(path: Path, error: Exception) -> str:
+    """Why torch.load refused a file, in words that never suggest loading it unsafely."""
+    if path.stat().st_size == 0:
+        return "the file is empty"
+    if isinstance(error, RuntimeError) and "zip archive" in str(error):
+        return "the file is truncated or corrupted (not a complete PyTorch archive)"
+    if isinstance(error, pickle.UnpicklingError):
+        return "not a PyTorch checkpoint, or one holding objects other than tensors and plain values (not loaded)"
+    return f"not readable as a PyTorch checkpoint ({type(error).__name__})"
+
+
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """Read a SegmentationModule checkpoint safely (``weights_only``: tensors and plain values, never code).
+
+    Any other file (missing, empty, truncated, random bytes, another program's) raises one error naming it.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such checkpoint: {path}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"{path}: cannot read as a PyTorch checkpoint: {e}") from e
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
-        raise ValueError(f"{path}: not a Lightning checkpoint of a SegmentationModule "
-                         "(needs 'hyper_parameters' and 'state_dict')")
+    except Exception as e:  # torch's own message advises weights_only=False: unsafe for an unknown file
+        raise ValueError(f"{path} is not a lightning-mbu checkpoint: {_unreadable(path, e)}") from None
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict) \
+            or not isinstance(ckpt.get("hyper_parameters"), dict):
+        raise ValueError(f"{path} is not a lightning-mbu checkpoint: it holds no SegmentationModule "
+                         "'state_dict' and 'hyper_parameters'")
     weights = {k[len("net."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
     data = ckpt.get("datamodule_hyper_parameters")
     return Checkpoint(path, dict(ckpt["hyper_parameters"]), weights, dict(data) if isinstance(data, dict) else {})
@@ -84,6 +101,9 @@ def load_module(ckpt: Checkpoint):
     """The SegmentationModule of a checkpoint read by ``load_checkpoint``, in eval mode, on the CPU."""
     from .module import SegmentationModule
 
-    module = SegmentationModule(**ckpt.module_kwargs())
+    try:
+        module = SegmentationModule(**ckpt.module_kwargs())
+    except TypeError as e:  # hyper-parameters of another LightningModule
+        raise ValueError(f"{ckpt.path} is not a lightning-mbu checkpoint: {e}") from None
     module.net.load_state_dict(ckpt.net().state_dict())
     return module.eval()

@@ -62,7 +62,7 @@ def test_metadata_describes_the_format(exported):
     path, _, _ = exported
     with safe_open(str(path), framework="np") as f:
         meta = json.loads(f.metadata()["lightning_mbu"])
-    assert meta["format"] == "lightning-mbu-packed" and meta["version"] == 1
+    assert meta["format"] == "lightning-mbu-packed" and meta["version"] == 2
     assert meta["model"]["config"] == "BBBBMMMMBBBB" and meta["input"]["pad_multiple"] == 16
     assert [s["kind"] for s in meta["stages"]][:3] == ["first_conv", "binary_conv", "max_pool"]
     assert stage(meta, "up_ct4") == {"kind": "tconv_concat", "name": "up_ct4", "src": "up3.conv2", "skip": "inc.conv2",
@@ -109,7 +109,7 @@ def test_tampered_tensor_is_named(exported, tmp_path):
 
 
 @pytest.mark.parametrize("edit,message", [
-    (lambda m: m.update(version=2), "written in format version 2; this lightning-mbu reads version 1"),
+    (lambda m: m.update(version=3), "written in format version 3; this lightning-mbu reads versions 1 and 2"),
     (lambda m: m.update(format="onnx"), "format is 'onnx'"),
     (lambda m: m.pop("stages"), "metadata: missing field 'stages'"),
     (lambda m: stage(m, "down3.conv1").update(cout=40),
@@ -176,7 +176,8 @@ def test_cli_exports_a_checkpoint_and_refuses_what_it_cannot(tmp_path, capsys):
     x = torch.randn(1, 3, 40, 24)
     with torch.no_grad():
         assert torch.allclose(load_packed(tmp_path / "m.mbu")(x), net(x), atol=1e-4)
-    assert main(["export", str(ckpt)]) == 0 and (tmp_path / "m.mbu").exists()  # default output name
+    assert main(["export", str(ckpt)]) == 2  # the default output name exists: not overwritten without --force
+    assert main(["export", str(ckpt), "--force"]) == 0 and (tmp_path / "m.mbu").exists()
 
     fp = _checkpoint(tmp_path / "fp.ckpt", MBUNet(None, base=4), None)
     assert main(["export", str(fp), "-o", str(tmp_path / "fp.mbu")]) == 2

@@ -39,3 +39,14 @@ typedef struct {
   int out_words;             // packed words of real output per pixel (per sub-position if scatter)
   int scatter;
 } MbuConvArgs;
+
+// Hand-written stage kernels (first_conv.cu, tconv.cu, pool.cu).
+// The 2x2 stride-2 transposed conv (scatter = 1) as one b1 GEMM, AND encoding, sm_80+.
+MBU_EXPORT int mbu_tconv(MbuConvArgs const* a, void* stream);
+// The float first layer on FP16 tensor cores; x: NCHW float32 (x_half = 0) or float16 (x_half = 1).
+MBU_EXPORT int mbu_first_conv_tc(void const* x, int x_half, int n, int cin, int h, int w, float pad_value,
+                                 float const* weight, float const* scale, float const* shift, int out_words,
+                                 uint32_t* out, void* stream);
+// 2x2 bit max-pool of a slice (`offset`, `words` of `stride` words per pixel) with vector loads.
+MBU_EXPORT int mbu_max_pool_vec(uint32_t const* in, int64_t stride, int offset, int n, int h, int w, int words,
+                                uint32_t* out, void* stream);

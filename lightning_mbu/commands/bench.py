@@ -22,16 +22,16 @@ def add_parser(subparsers) -> None:
     w = p.add_argument_group("workload")
     w.add_argument("--preset", default="carvana", choices=sorted(PRESETS),
                    help="input size and per-precision batch of the paper's Table A.2 (default: carvana)")
-    w.add_argument("--size", nargs="+", metavar="SIZE", help="input size, HxW, H W or N, overriding the preset's")
-    w.add_argument("--batch", type=int, help="batch size for every model, overriding the preset's")
+    w.add_argument("--size", nargs="+", metavar="SIZE", help="input size, HxW, H W or N (default: the preset's)")
+    w.add_argument("--batch", type=int, help="batch size for every model (default: the preset's)")
     w.add_argument("--models", default=DEFAULT_MODELS,
                    help="comma-separated: fp32, fp16, binary, cost-aware (the 13 configs masking the k "
                         "cheapest layers), 12-letter configs (B/M), .mbu files (default: %(default)s)")
     w.add_argument("--variants", default=",".join(VARIANTS),
                    help="baseline variants to time; the fastest is reported as best (default: %(default)s)")
     w.add_argument("--base", type=int, default=64, help="U-Net base width (default: 64, the paper's)")
-    w.add_argument("--in-channels", type=int, default=3)
-    w.add_argument("--num-classes", type=int, default=1)
+    w.add_argument("--in-channels", type=int, default=3, help="input channels of the benchmarked nets")
+    w.add_argument("--num-classes", type=int, default=1, help="output channels of the benchmarked nets")
     w.add_argument("--w-op", type=float, default=0.5, help="cost-aware ranking weight of ops (eq. 2)")
     t = p.add_argument_group("timing")
     t.add_argument("--warmup", type=int, default=3, help="untimed batches before timing (default: 3)")
@@ -48,7 +48,7 @@ def add_parser(subparsers) -> None:
     t.add_argument("--exact-size", nargs="+", default=["128x128"], metavar="SIZE",
                    help="crop of one image checked bit for bit against the CPU engine (default: %(default)s)")
     t.add_argument("--breakdown", action="store_true", help="also time every stage of each packed net")
-    t.add_argument("--device", default="cuda:0")
+    t.add_argument("--device", default="cuda:0", help="CUDA device to time on")
     o = p.add_argument_group("output")
     o.add_argument("--output-dir", default="benchmarks/results", help="where results go (default: %(default)s)")
     o.add_argument("--name", help="file name stem (default: <preset>-<UTC date and time>)")
@@ -56,7 +56,7 @@ def add_parser(subparsers) -> None:
                    help="eval/search JSON with Dice per config: adds the speed-accuracy Pareto plot (repeatable)")
     o.add_argument("--from-json", metavar="JSON", nargs="+",
                    help="measure nothing: re-render the table and plots of earlier results files, merged into "
-                        "one when several are given (same GPU); no GPU needed")
+                        "one when several are given (same GPU); no GPU needed (default: measure)")
     p.set_defaults(func=run)
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .lightning_args import (add_data_args, add_trainer_args, build_trainer, data_kwargs, metrics_table, stage_metrics,
-               tested_images, write_json)
+from ..files import check_output, write_json
+from .lightning_args import (add_data_args, add_force_arg, add_trainer_args, build_trainer, check_accelerator,
+                             data_kwargs, metrics_table, stage_metrics, tested_images)
 
 SPLITS = ("test", "val", "train", "all")
 
@@ -19,10 +20,11 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument("checkpoint", type=Path, help="a Lightning checkpoint written by `lightning-mbu train`")
     p.add_argument("--split", nargs="+", choices=SPLITS, default=["test"], help="split(s) to evaluate (default test)")
-    p.add_argument("--output", type=Path, default=None, help="write the metrics as JSON here")
-    add_data_args(p)
+    p.add_argument("--output", type=Path, default=None, help="write the metrics as JSON here (default: print only)")
+    add_force_arg(p)
+    add_data_args(p, fit=False)
     add_trainer_args(p, fit=False)
-    p.set_defaults(func=run, logger="none")
+    p.set_defaults(func=run)
     return p
 
 
@@ -30,6 +32,9 @@ def run(args: argparse.Namespace) -> int:
     from ..checkpoint import load_checkpoint, load_module
     from ..data import SegmentationDataModule
 
+    check_accelerator(args)
+    if args.output:
+        check_output(args.output, inputs=[args.checkpoint], force=args.force)
     ckpt = load_checkpoint(args.checkpoint)  # read once: weights, model and data hyper-parameters
     module = load_module(ckpt)
     datamodule = SegmentationDataModule(**data_kwargs(args, ckpt.data_hparams))

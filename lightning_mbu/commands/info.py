@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 
 from ..config import LAYER_NAMES, PAPER_NAMES, parse_config
-from .lightning_args import write_json
+from ..files import check_output, write_json
+from .lightning_args import add_force_arg, positive_int
 
 
 def add_parser(subparsers) -> None:
@@ -17,8 +18,9 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument("checkpoint", type=Path, nargs="?", help="a SegmentationModule checkpoint")
     p.add_argument("--config", default=None, help="without a checkpoint: 12 layer modes, or 'fp' (default fp)")
-    p.add_argument("--base", type=int, default=64, help="without a checkpoint: width of the first level")
-    p.add_argument("--output", type=Path, default=None, help="also write the summary as JSON here")
+    p.add_argument("--base", type=positive_int, default=64, help="without a checkpoint: width of the first level")
+    p.add_argument("--output", type=Path, default=None, help="also write the summary as JSON here (default: print only)")
+    add_force_arg(p)
     p.set_defaults(func=run)
 
 
@@ -59,6 +61,8 @@ def format_rows(rows: list[dict]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.output:
+        check_output(args.output, inputs=[args.checkpoint], force=args.force)
     net, source = load_net(args)
     rows = layer_rows(net)
     total = sum(p.numel() for p in net.parameters())

@@ -14,39 +14,51 @@ from ..search.cost import ENCODINGS, NORMALIZATIONS, CostModel
 
 
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser("cost", help="per-layer ops, params, cost score and masking rank (Table A.4)")
+    p = subparsers.add_parser(
+        "cost", help="per-layer ops, params, cost score and masking rank (Table A.4)",
+        description="Measure each of the 12 configurable layers of an MBU-Net at one input size: operations "
+                    "(multiplications + additions) and parameters, their eq. 2 cost score (--w-op), and the rank "
+                    "that orders the 13 cost-aware configs (mask the k cheapest layers). Nothing is trained.")
     p.add_argument("--size", nargs="+", default=["512x512"], metavar="SIZE", help="input HxW, H W or N (default 512x512)")
     p.add_argument("--base", type=int, default=64, help="U-Net base width (default 64)")
     p.add_argument("--w-op", type=float, default=0.5, help="weight of ops in eq. 2; w_param = 1 - w_op")
     p.add_argument("--normalize", choices=NORMALIZATIONS, default="max",
                    help="scale ops and params to [0,1] by their maximum (default) or min-max")
     p.add_argument("--encoding", choices=ENCODINGS, default="xor", help="bit encoding for config costs")
-    p.add_argument("--plot", metavar="PNG", help="also draw Fig. 4 (ops and params per layer) here")
+    p.add_argument("--plot", metavar="PNG", help="also draw Fig. 4 (ops and params per layer) here (default: no plot)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --plot file")
     p.add_argument("--json", action="store_true", help="print the table as JSON")
     p.set_defaults(func=run_cost)
 
-    s = subparsers.add_parser("search", help="Optuna search over per-layer masking (Dice vs cost)")
+    s = subparsers.add_parser(
+        "search", help="Optuna search over per-layer masking (Dice vs cost)",
+        description="Search which layers to mask: an Optuna study with two objectives, validation Dice of a short "
+                    "training (up) and the config's cost in binary operations (down). The 13 cost-aware configs "
+                    "run first, then ShapleyCostSampler proposes configs from each layer's estimated Dice gain. "
+                    "The study lives in --out (or --storage), so running the command again continues it; the "
+                    "summary, Pareto front and plots are written there.")
     s.add_argument("--budget", type=int, default=50, help="finished (complete + pruned) trials to reach")
     s.add_argument("--data", default=None, help="dataset root (default: the built-in sample)")
-    s.add_argument("--layout", default=None, help="dataset layout (dsb2018, carvana, isic, folder)")
+    s.add_argument("--layout", default=None,
+                   help="dataset layout: dsb2018, carvana, isic or folder (default: detected from the folder)")
     s.add_argument("--size", nargs="+", default=["64x64"], metavar="SIZE",
                    help="training size of the trials: HxW, H W or N (default 64x64)")
     s.add_argument("--out", default="mbu_search", help="output folder (default ./mbu_search)")
     s.add_argument("--storage", default=None,
                    help="Optuna storage URL (sqlite:///f.db, postgresql+psycopg2://user:pw@host/db, journal:f.log); "
                         "default sqlite file in --out")
-    s.add_argument("--study-name", default="mbu-search")
+    s.add_argument("--study-name", default="mbu-search", help="Optuna study name in the storage")
     s.add_argument("--workers", type=int, default=1, help="worker processes on the storage (one per GPU)")
-    s.add_argument("--epochs-per-trial", type=int, default=4)
+    s.add_argument("--epochs-per-trial", type=int, default=4, help="training epochs of each trial")
     s.add_argument("--train-batches", type=float, default=5,
                    help="batches per training epoch (a fraction <= 1.0 means a share of the data)")
     s.add_argument("--val-batches", type=float, default=1.0, help="validation batches (fraction <= 1.0: share)")
-    s.add_argument("--batch-size", type=int, default=4)
+    s.add_argument("--batch-size", type=int, default=4, help="trial batch size")
     s.add_argument("--base", type=int, default=8, help="U-Net base width of the trained trials (default 8)")
     s.add_argument("--lr", type=float, default=3e-3, help="trial learning rate (default 3e-3, for short trials)")
     s.add_argument("--augment", action="store_true",
                    help="augment trial training data (off by default: all configs see the same batches)")
-    s.add_argument("--accelerator", default="auto")
+    s.add_argument("--accelerator", default="auto", help="Lightning accelerator of the trials")
     s.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads per worker (default 1, fastest for the tiny trial nets)")
     s.add_argument("--layers", default="all", help="comma-separated layers to search (default all 12)")
@@ -58,11 +70,11 @@ def add_parser(subparsers) -> None:
     s.add_argument("--cost-size", nargs="+", default=["512x512"], metavar="SIZE",
                    help="input size of the cost objective: HxW, H W or N (default 512x512)")
     s.add_argument("--cost-base", type=int, default=64, help="base width of the costed net (default 64)")
-    s.add_argument("--encoding", choices=ENCODINGS, default="xor")
+    s.add_argument("--encoding", choices=ENCODINGS, default="xor", help="bit encoding of the cost objective")
     s.add_argument("--w-op", type=float, default=0.5, help="eq. 2 weight for the cost-aware ranking")
     s.add_argument("--heartbeat", type=int, default=10, help="seconds between trial heartbeats (RDB storages)")
     s.add_argument("--grace", type=int, default=30, help="seconds without heartbeat before a trial is stale")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=int, default=0, help="sampler, weights and data order seed")
     s.set_defaults(func=run_search_command)
 
 
@@ -71,6 +83,10 @@ def _batches(x: float) -> int | float:
 
 
 def run_cost(args: argparse.Namespace) -> int:
+    if args.plot:
+        from ..files import check_output
+
+        check_output(args.plot, force=args.force)
     model = CostModel.measure(parse_size(args.size), base=args.base)
     rows = model.table(args.w_op, args.normalize)
     if args.json:
@@ -114,6 +130,7 @@ def configure_logging(worker: int | None = None) -> None:
 
 
 def run_search_command(args: argparse.Namespace) -> int:
+    from ..files import writable_dir
     from ..search.settings import SearchSettings, TrialSettings
     from ..search.study import run_search
     from ..search.summary import format_summary, summarize, write_summary
@@ -137,6 +154,7 @@ def run_search_command(args: argparse.Namespace) -> int:
     )
     if args.data is not None and not Path(args.data).exists():
         raise FileNotFoundError(f"--data {args.data} does not exist")
+    writable_dir(args.out)  # the study database and the results go there: a read-only folder fails now
     configure_logging()
     start = time.perf_counter()
     study = run_search(settings, worker_setup=configure_logging)

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
 from ..callbacks import MASK_SCHEDULES
 from ..config import DEFAULT_T, STATISTICS, QuantSpec, parse_config
-from .lightning_args import (SAMPLE_DEFAULTS, add_data_args, add_trainer_args, build_trainer, data_kwargs, metrics_table,
-               stage_metrics, tested_images, write_json)
+from ..files import check_output, write_json
+from .lightning_args import (SAMPLE_DEFAULTS, add_data_args, add_force_arg, add_trainer_args, build_trainer,
+                             check_accelerator, data_kwargs, metrics_table, natural_float, natural_int, positive_float,
+                             positive_int, stage_metrics, tested_images)
 
 DEFAULT_CONFIG = "BBBBMMMMBBBB"  # the transposed convs masked: cheap to mask, a large gain (paper §4)
 PAPER_EPOCHS = 30
@@ -26,26 +29,28 @@ def add_parser(subparsers) -> None:
     g.add_argument("--config", default=DEFAULT_CONFIG,
                    help=f"12 layer modes (B/M/2/4/8/F, e.g. {DEFAULT_CONFIG}) or name=mode,...; 'fp' for a "
                         "full-precision net")
-    g.add_argument("--base", type=int, default=None, help="width of the first level (default 64, the paper's)")
+    g.add_argument("--base", type=positive_int, default=None, help="width of the first level (default 64, the paper's)")
     g.add_argument("--stem-mode", default=QuantSpec.stem, help="mode of the second input conv (default masked)")
     g.add_argument("--statistic", choices=STATISTICS, default=QuantSpec.statistic,
                    help="masking threshold statistic")
-    g.add_argument("--mask-schedule", choices=tuple(MASK_SCHEDULES), default="constant")
-    g.add_argument("--target-t", type=float, default=DEFAULT_T, help="masking factor t after the warm-up")
-    g.add_argument("--warmup-epochs", type=int, default=0, help="epochs of the linear/cosine ramp of t")
+    g.add_argument("--mask-schedule", choices=tuple(MASK_SCHEDULES), default="constant",
+                   help="how the masking factor t reaches --target-t")
+    g.add_argument("--target-t", type=natural_float, default=DEFAULT_T, help="masking factor t after the warm-up")
+    g.add_argument("--warmup-epochs", type=natural_int, default=0, help="epochs of the linear/cosine ramp of t")
     g.add_argument("--init-from", type=Path, default=None, metavar="CKPT",
-                   help="start from the weights of a trained full-precision checkpoint")
+                   help="start from the weights of a trained full-precision checkpoint (default: random init)")
     g.add_argument("--optimizer", choices=("adam", "rmsprop"), default=None,
                    help="default: RMSprop for full precision, Adam for quantized (paper App. A.3)")
-    g.add_argument("--lr", type=float, default=None, help="default 1e-5 (the paper's)")
-    g.add_argument("--weight-decay", type=float, default=1e-8)
-    g.add_argument("--momentum", type=float, default=0.9)
-    g.add_argument("--gradient-clip", type=float, default=1.0, help="gradient-norm clipping (0: off)")
-    g.add_argument("--dice-weight", type=float, default=1.0, help="weight of soft Dice in the loss")
+    g.add_argument("--lr", type=positive_float, default=None, help="default 1e-5 (the paper's)")
+    g.add_argument("--weight-decay", type=natural_float, default=1e-8, help="optimizer weight decay")
+    g.add_argument("--momentum", type=natural_float, default=0.9, help="RMSprop momentum")
+    g.add_argument("--gradient-clip", type=natural_float, default=1.0, help="gradient-norm clipping (0: off)")
+    g.add_argument("--dice-weight", type=natural_float, default=1.0, help="weight of soft Dice in the loss")
     add_data_args(p)
     add_trainer_args(p, fit=True)
     p.add_argument("--output", type=Path, default=None,
                    help="results JSON (default: results.json in the run's log folder)")
+    add_force_arg(p)
     p.set_defaults(func=run)
 
 
@@ -80,29 +85,93 @@ def build_module(args: argparse.Namespace):
     return module
 
 
+def read_resumed(args: argparse.Namespace) -> dict | None:
+    """The --ckpt-path checkpoint as saved, checked to be one of ours before anything is built or trained."""
+    from ..checkpoint import load_checkpoint
+
+    if args.ckpt_path is None:
+        return None
+    import torch
+
+    load_checkpoint(args.ckpt_path)  # a clear error for any file that is not ours
+    return torch.load(args.ckpt_path, map_location="cpu", weights_only=True)
+
+
+def resumed_run(args: argparse.Namespace, saved: dict | None, module):
+    """The run folder a resumed checkpoint continues (None: a new run); its model must be the flags' model."""
+    if saved is None:
+        return None
+    from lightning.pytorch.utilities import rank_zero_warn
+
+    from .resume import run_folder
+
+    ours, theirs = module.state_dict(), saved["state_dict"]
+    if ours.keys() != theirs.keys() or any(ours[k].shape != theirs[k].shape for k in ours):
+        hp = saved["hyper_parameters"]
+        config = (hp.get("quant") or {}).get("config", hp.get("config"))
+        raise ValueError(f"--ckpt-path {args.ckpt_path} holds config {config or 'fp'}, base {hp.get('base')}, "
+                         f"but the flags give config {module.net.config or 'fp'}, base {module.net.base}; resume with "
+                         "the model flags it was trained with")
+    run = run_folder(args.ckpt_path, int(saved.get("global_step", 0)))
+    if run is None:
+        rank_zero_warn(f"--ckpt-path {args.ckpt_path} is not in a run's checkpoints folder: resuming into a new run")
+    return run
+
+
+def check_memory(args: argparse.Namespace, module, datamodule, trainer) -> None:
+    """Refuse a size, batch or width whose training activations cannot fit the device, before training starts."""
+    from ..memory import activation_bytes, free_bytes
+
+    device = trainer.strategy.root_device
+    if device.type == "cuda" and any(w in str(args.strategy) for w in ("fork", "notebook")):
+        return  # reading GPU memory initialises CUDA, which forked workers cannot inherit
+    free = free_bytes(device)
+    size = datamodule.size or datamodule.native_size
+    if free is None or size is None:
+        return
+    need = activation_bytes(module.net, size, datamodule.batch_size)
+    if "16" in str(trainer.precision):  # half-precision activations: the bound halves
+        need //= 2
+    if need > free:
+        raise ValueError(
+            f"--size {size[0]} {size[1]} with --batch-size {datamodule.batch_size} and --base {module.net.base} needs "
+            f"at least {need / 2**30:,.1f} GiB for one training step's activations, but {device} has "
+            f"{free / 2**30:,.1f} GiB free; lower --size, --batch-size or --base")
+
+
 def run(args: argparse.Namespace) -> int:
     import lightning.pytorch as pl
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     from ..callbacks import MBUCallback
     from ..data import SegmentationDataModule
+    from .resume import Resumable
 
     resolve_defaults(args)
+    check_accelerator(args)
+    if args.output:  # refused now, not after hours of training
+        check_output(args.output, inputs=[args.ckpt_path, args.init_from], force=args.force)
+    saved = read_resumed(args)
     pl.seed_everything(args.seed, workers=True, verbose=False)
     datamodule = SegmentationDataModule(**data_kwargs(args))
     module = build_module(args)
+    run_dir = resumed_run(args, saved, module)
+    datamodule.setup()  # every sample checked, and native sizes known, before the memory check and training
     validates = args.limit_val_batches != 0 and datamodule.val_fraction > 0
-    # Lightning's save_last only copies the last *top-k* save, so the last epoch gets its own callback
+    # Lightning's save_last only copies the last *top-k* save, so the last epoch gets its own callback; it runs
+    # after the best one, so last.ckpt holds that epoch's best score and a resumed run carries it on
     last = ModelCheckpoint(filename="last", enable_version_counter=False)
-    callbacks = [last]
     best = None
     if validates:
         best = ModelCheckpoint(monitor="val/dice", mode="max", filename="best-epoch{epoch}-dice{val/dice:.4f}",
                                auto_insert_metric_name=False)
-        callbacks.append(best)
+    callbacks = [best, last] if best else [last]
     if module.net.is_quantized:
         callbacks.append(MBUCallback(mask_schedule=args.mask_schedule, warmup_epochs=args.warmup_epochs))
-    trainer = build_trainer(args, name=str(module.net.config or "fp"), callbacks=callbacks)
+    callbacks.append(Resumable(getattr(args, "argv", None) or sys.argv[1:], last))
+    overrides = {"default_root_dir": run_dir.path} if run_dir and args.logger == "none" else {}
+    trainer = build_trainer(args, name=str(module.net.config or "fp"), callbacks=callbacks, run=run_dir, **overrides)
+    check_memory(args, module, datamodule, trainer)
 
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=args.ckpt_path)

@@ -7,6 +7,7 @@ import torch
 
 from ..ops.graph import (PLANES, WORD_BITS, BinaryConv, FinalConv, FirstConv, MaxPool, PackedNet, Stage,
                          TConvConcat, segment_positions, words)
+from ..ops.preprocess import input_spec
 from .fold import FoldedFinal, FoldedFirst, FoldedLayer, FoldedNet, FoldedPool
 
 
@@ -89,7 +90,7 @@ def pack_folded(folded: FoldedNet) -> PackedNet:
         stage = _pack_step(step, segs)
         segs[stage.name] = tuple(stage.out_segments(segs))
         stages.append(stage)
-    net = PackedNet(stages, model=dict(folded.model))
-    net.input["pad_multiple"] = folded.pad_multiple
+    # no normalisation until the exporter stores training's (export_model)
+    net = PackedNet(stages, model=dict(folded.model), input=input_spec(stages[0].cin, "none", folded.pad_multiple))
     net.validate()
     return net

@@ -16,7 +16,10 @@ BACKENDS = ("cpu", "cuda")
 
 
 def load_packed(path: str | os.PathLike, backend: str = "cpu", encoding: str | None = None, **options) -> nn.Module:
-    """Load an exported model; ``forward`` takes a float image batch (N, C, H, W) and returns logits.
+    """Load an exported model; ``forward`` takes an image batch (N, C, H, W) and returns logits (N, classes, H, W).
+
+    The batch holds uint8 pixels or floats in [0, 1]; the model normalises and pads it as the file says
+    (``preprocess.prepare``, docs/format.md section 6). A format 1 file takes normalised floats, as it did.
 
     ``encoding`` ("xor" or "and") overrides the file's default dot-product form; ``options`` go to
     the backend (cpu: ``threads``).

@@ -12,13 +12,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..export.fold import final_conv_float, first_conv_float
 from ..export.pack import pack_bits
 from .graph import (ENCODINGS, BinaryConv, FinalConv, FirstConv, MaxPool, PackedNet, TConvConcat, channel_mask,
                     raw_thresholds)
+from .preprocess import prepare
 
 #: output elements per popcount block: keeps a block's temporaries in the L2 cache
 _BLOCK_ELEMS = 1 << 15
@@ -137,21 +137,18 @@ class CPUPackedNet(nn.Module):
 
     @torch.no_grad()
     def run(self, x: torch.Tensor) -> dict:
-        """Every stage's output for images ``x`` (N, C, H, W): bit words (NHWC int32), logits last (padded size)."""
-        x = torch.as_tensor(x, dtype=torch.float32).cpu()
-        if x.dim() != 4 or x.shape[1] != self.net.stages[0].cin:
-            raise ValueError(f"expected images of shape (N, {self.net.stages[0].cin}, H, W), got {tuple(x.shape)}")
-        m = int(self.net.input["pad_multiple"])
-        h, w = x.shape[-2:]
-        env = {"input": F.pad(x, (0, (-w) % m, 0, (-h) % m), value=float(self.net.input["pad_value"]))}
+        """Every stage's output for images ``x`` (N, C, H, W; see ``preprocess.prepare``): bit words (NHWC int32),
+        logits last (padded size)."""
+        env = {"input": prepare(x, self.net.input, device="cpu")}
         with ThreadPoolExecutor(self.threads) as pool:
             for st in self.net.stages:
                 env[st.name] = self._stage(st, env, pool)
         return env
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (N, classes, H, W) for an image batch: uint8 pixels, or floats in [0, 1] (``preprocess.prepare``)."""
         logits = self.run(x)[self.net.stages[-1].name]
-        return logits[..., : x.shape[-2], : x.shape[-1]].to(x.device)
+        return logits[..., : x.shape[-2], : x.shape[-1]].to(getattr(x, "device", "cpu"))
 
 
 def build(net: PackedNet, encoding: str | None = None, threads: int | None = None) -> CPUPackedNet:

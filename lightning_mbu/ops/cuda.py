@@ -20,7 +20,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from cutlass_kernels.build import device_cc, load_library
@@ -28,6 +27,7 @@ from cutlass_kernels.table import KernelSpec, KernelTable, layer_key
 
 from .graph import (ENCODINGS, BinaryConv, FinalConv, FirstConv, MaxPool, PackedNet, TConvConcat, raw_thresholds,
                     words)
+from .preprocess import prepare
 
 #: AND-popcount is native on every arch with b1 mma.sync kernels here (sm_80+); XOR only on request
 DEFAULT_ENCODING = "and"
@@ -71,7 +71,8 @@ class Library:
         self.cc = cc
         self.lib, self.specs = load_library(cc)
         self.table = KernelTable.load()
-        for name in ("mbu_threshold_pack", "mbu_max_pool", "mbu_window_count", "mbu_first_conv", "mbu_final_conv"):
+        for name in ("mbu_threshold_pack", "mbu_max_pool", "mbu_max_pool_vec", "mbu_window_count", "mbu_first_conv",
+                     "mbu_first_conv_tc", "mbu_final_conv", "mbu_tconv"):
             getattr(self.lib, name).restype = ctypes.c_int
         self.lib.mbu_max_pool.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_int, ctypes.c_int,
                                           ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
@@ -81,6 +82,10 @@ class Library:
         self.lib.mbu_final_conv.argtypes = [ctypes.c_void_p, ctypes.c_int64, *[ctypes.c_int] * 4, ctypes.c_void_p,
                                             ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
         self.lib.mbu_threshold_pack.argtypes = [ctypes.POINTER(ConvArgs), ctypes.c_void_p, ctypes.c_void_p]
+        self.lib.mbu_max_pool_vec.argtypes = self.lib.mbu_max_pool.argtypes
+        self.lib.mbu_first_conv_tc.argtypes = [ctypes.c_void_p, *[ctypes.c_int] * 5, ctypes.c_float,
+                                               *[ctypes.c_void_p] * 3, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
+        self.lib.mbu_tconv.argtypes = [ctypes.POINTER(ConvArgs), ctypes.c_void_p]
 
     def conv_fn(self, spec: KernelSpec, suffix: str = ""):
         """``mbu_bconv_<name><suffix>``: suffix "" (fused), "_int32" (CUTLASS epilogue) or "_check"."""
@@ -103,6 +108,17 @@ class Library:
         if not fitting:
             raise RuntimeError(f"no {encoding} kernel on sm_{self.cc} accepts the layer shape {key}")
         return next((s for s in fitting if s.name == name), fitting[0])
+
+
+@dataclass(frozen=True)
+class HandWrittenKernel:
+    """A kernel outside the CUTLASS table, named by its C entry point (a plan's ``choices`` entry)."""
+
+    name: str
+
+
+#: the transposed conv as one b1 GEMM with a scattering epilogue (AND encoding, sm_80+)
+TCONV_GEMM = HandWrittenKernel("mbu_tconv")
 
 
 @dataclass
@@ -204,12 +220,7 @@ class CUDAPackedNet(nn.Module):
         return self._plans[shape]
 
     def _pad(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.as_tensor(x, dtype=torch.float32, device=self.device)
-        cin = self.net.stages[0].cin
-        if x.dim() != 4 or x.shape[1] != cin:
-            raise ValueError(f"expected images of shape (N, {cin}, H, W), got {tuple(x.shape)}")
-        m, h, w = int(self.net.input["pad_multiple"]), x.shape[-2], x.shape[-1]
-        return F.pad(x, (0, (-w) % m, 0, (-h) % m), value=float(self.net.input["pad_value"])).contiguous()
+        return prepare(x, self.net.input, device=self.device)
 
     @torch.no_grad()
     def run(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -289,8 +300,9 @@ class _Plan:
             def first(stream):
                 x = self.env[st.src]
                 n, c, h, w = x.shape
-                _check(lib.mbu_first_conv(x.data_ptr(), n, c, h, w, float(st.pad_value), weight.data_ptr(),
-                                          scale.data_ptr(), shift.data_ptr(), out.shape[-1], out.data_ptr(), stream),
+                _check(lib.mbu_first_conv_tc(x.data_ptr(), int(x.dtype == torch.float16), n, c, h, w,
+                                             float(st.pad_value), weight.data_ptr(), scale.data_ptr(),
+                                             shift.data_ptr(), out.shape[-1], out.data_ptr(), stream),
                        f"stage {st.name}")
             return first
         if isinstance(st, MaxPool):
@@ -298,7 +310,7 @@ class _Plan:
                 x = self.env[st.src]
                 assert _bits_view_ok(x)
                 n, h, w, c = x.shape
-                _check(lib.mbu_max_pool(x.data_ptr(), x.stride(2), 0, n, h, w, c, out.data_ptr(), stream),
+                _check(lib.mbu_max_pool_vec(x.data_ptr(), x.stride(2), 0, n, h, w, c, out.data_ptr(), stream),
                        f"stage {st.name}")
             return pool
         if isinstance(st, FinalConv):
@@ -321,10 +333,14 @@ class _Plan:
             target = out
         count = torch.empty(x.shape[:3], dtype=torch.int32, device=x.device) if layer.counts else None
         args = layer.args(x, target, count)
-        key = layer_key(owner.encoding, layer.r, args.c_bits, args.k_cols, x.shape[1], x.shape[2])
-        spec = owner.lib.choose(owner.encoding, args, key)
+        gemm_tconv = isinstance(st, TConvConcat) and owner.encoding == "and"
+        if gemm_tconv:  # one b1 GEMM over both planes; its epilogue writes into the concat buffer (tconv.cu)
+            spec, fn = TCONV_GEMM, lib.mbu_tconv
+        else:
+            key = layer_key(owner.encoding, layer.r, args.c_bits, args.k_cols, x.shape[1], x.shape[2])
+            spec = owner.lib.choose(owner.encoding, args, key)
+            fn = owner.lib.conv_fn(spec)
         self.choices[st.name] = spec
-        fn = owner.lib.conv_fn(spec)
         args_ref = ctypes.byref(args)
 
         def count_step(stream):
@@ -338,9 +354,9 @@ class _Plan:
             if count is not None:
                 count_step(stream)
             _check(fn(args_ref, stream), f"stage {st.name} ({spec.name})")
-        # for the benchmarks: the arguments, kernel and layer, and the window count alone
-        conv.args, conv.spec, conv.layer = args, spec, layer
-        conv.count_step = count_step if count is not None else None
+        if not gemm_tconv:  # for the table benchmark: the arguments, kernel and layer, and the window count alone
+            conv.args, conv.spec, conv.layer = args, spec, layer
+            conv.count_step = count_step if count is not None else None
         return conv
 
     def launch(self) -> None:

@@ -15,8 +15,11 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from .preprocess import input_spec, validate_input_spec
+
 FORMAT_NAME = "lightning-mbu-packed"
-FORMAT_VERSION = 1
+#: 2: the input preprocessing and a checksum of every metadata field (format 1 files still load, with a warning)
+FORMAT_VERSION = 2
 WORD_BITS = 32
 ENCODINGS = ("xor", "and")
 #: bit-planes per weight mode: masked w = b+ - b- (planes 0, 1); binary b' = (w + 1) / 2
@@ -121,6 +124,12 @@ class FirstConv(Stage):
 
     def out_segments(self, segs):
         return (self.cout,)
+
+    def validate(self, segs):
+        if not isinstance(self.pad_value, (int, float)) or isinstance(self.pad_value, bool) \
+                or not np.isfinite(self.pad_value):
+            raise ValueError(f"stage {self.name!r}: pad_value {self.pad_value!r} must be a finite number")
+        super().validate(segs)
 
     def tensor_specs(self):
         return {"weight": ((self.cout, self.cin, 3, 3), np.float32),
@@ -294,9 +303,8 @@ class PackedNet:
 
     stages: list[Stage]
     model: dict = field(default_factory=dict)
-    input: dict = field(default_factory=lambda: {
-        "layout": "NCHW float32", "pad_multiple": 16, "pad_value": 0.0, "pad_sides": "bottom_right",
-        "crop_logits": True})
+    #: the preprocessing every backend applies (ops/preprocess.py): none until the exporter stores training's
+    input: dict = field(default_factory=lambda: input_spec(3, "none", 16))
     default_encoding: str = "xor"
 
     def segments(self) -> dict[str, tuple[int, ...]]:
@@ -323,16 +331,39 @@ class PackedNet:
         for st in self.stages:
             st.validate(segs)
         pools = sum(isinstance(s, MaxPool) for s in self.stages)
-        multiple, pad_value = self.input.get("pad_multiple"), self.input.get("pad_value")
-        if not isinstance(multiple, int) or multiple < 1 or multiple % 2**pools:
-            raise ValueError(f"input pad_multiple {multiple!r} must be a positive multiple of {2**pools} "
-                             f"({pools} max-pools)")
-        if not isinstance(pad_value, (int, float)):
-            raise ValueError(f"input pad_value {pad_value!r} must be a number")
         first, final = self.stages[0], self.stages[-1]
+        validate_input_spec(self.input, first.cin, pools)
         if first.cin != self.model.get("in_channels", first.cin) \
                 or final.num_classes != self.model.get("num_classes", final.num_classes):
             raise ValueError("model in_channels/num_classes do not match the first and final stages")
+        self._check_model()
+
+    def _check_model(self) -> None:
+        """The model facts must describe these stages: base (first width), stem_mode and config (layer modes)."""
+        first, base = self.stages[0], self.model.get("base")
+        if base is not None and base != first.cout:
+            raise ValueError(f"model base {base!r} does not match the tensors: stage {first.name} has "
+                             f"{first.cout} output channels")
+        modes: dict[str, set[str]] = {}  # MBUNet layer (stage name up to the first dot) -> its stages' modes
+        for s in self.threshold_layers:
+            modes.setdefault(s.name.split(".")[0], set()).add(s.mode)
+        stem = self.model.get("stem_mode")
+        if stem is not None and "inc" in modes and modes["inc"] != {stem}:
+            raise ValueError(f"model stem_mode {stem!r} does not match the tensors: inc.conv2 is "
+                             f"{'/'.join(sorted(modes['inc']))}")
+        config = self.model.get("config")
+        if config is not None:
+            from ..config import LayerConfig
+
+            try:
+                wanted = dict(LayerConfig.parse(config).items())
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"model config {config!r}: {e}") from None
+            for layer, mode in wanted.items():
+                found = modes.get(layer, set())
+                if found != {mode}:
+                    raise ValueError(f"model config {config!r} does not match the tensors: {layer} is "
+                                     f"{'/'.join(sorted(found)) or 'absent'} in the file's stages, not {mode}")
 
     @property
     def threshold_layers(self) -> list[ThresholdLayer]:

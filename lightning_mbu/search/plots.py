@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import LAYER_NAMES, PAPER_NAMES
+from ..files import atomic_path
 from .cost import CostModel
 from .shapley import ShapleyResult
 
@@ -24,9 +25,9 @@ def _figure(figsize: tuple[float, float]):
 
 def _save(fig, path: str | Path) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:  # the suffix is kept, so savefig still picks the format from it
+        fig.savefig(tmp, dpi=120)
     return path
 
 

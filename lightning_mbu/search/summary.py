@@ -8,7 +8,6 @@ the output folder.
 from __future__ import annotations
 
 import csv
-import json
 from dataclasses import asdict
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import optuna
 from optuna.trial import TrialState
 
 from ..config import PAPER_NAMES
+from ..files import atomic_write, writable_dir, write_json
 from .cost import CostModel
 from .plots import plot_pareto, plot_shapley
 from .pruning import COST_ATTR, CURVE_ATTR
@@ -107,12 +107,11 @@ def summarize(study: optuna.Study, settings: SearchSettings, cost_model: CostMod
 
 def write_summary(summary: dict, out_dir: str | Path) -> dict[str, Path]:
     """summary.json, trials.csv, pareto.csv, pareto.png and shapley.png in ``out_dir``."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = writable_dir(out_dir)
     paths = {"summary": out / "summary.json", "trials": out / "trials.csv", "pareto_table": out / "pareto.csv"}
-    paths["summary"].write_text(json.dumps(summary, indent=2))
+    write_json(paths["summary"], summary)
     for key, rows in (("trials", summary["trials"]), ("pareto_table", summary["pareto_front"])):
-        with open(paths[key], "w", newline="") as f:
+        with atomic_write(paths[key], "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=TABLE_FIELDS, extrasaction="ignore")
             w.writeheader()
             w.writerows(rows)
