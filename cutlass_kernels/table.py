@@ -14,8 +14,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 TABLE_PATH = Path(__file__).with_name("kernels.json")
-ENCODINGS = ("and", "xor")
+#: the dot-product forms of a binary layer (docs/format.md section 4); the order is the `.mbu` file's
+#: ``encodings`` list, so it is part of the format
+ENCODINGS = ("xor", "and")
+#: AND-popcount: native on every arch with b1 mma.sync kernels (sm_80+); XOR has no native mma on Hopper
+DEFAULT_ENCODING = "and"
 ITERATORS = ("analytic", "optimized", "few_channels", "fixed_channels")
+
+
+def check_encoding(encoding: str, what: str = "encoding") -> str:
+    """``encoding`` if it is one of ENCODINGS, else a ValueError naming ``what`` (an argument, a file field)."""
+    if encoding not in ENCODINGS:
+        raise ValueError(f"{what}: unknown encoding {encoding!r}; valid: {', '.join(ENCODINGS)}")
+    return encoding
 
 
 @dataclass(frozen=True)
@@ -29,8 +40,7 @@ class KernelSpec:
     alignment: int  # bits; the input channel count must be a multiple
 
     def __post_init__(self):
-        if self.encoding not in ENCODINGS:
-            raise ValueError(f"kernels.json: encoding {self.encoding!r} is not one of {ENCODINGS}")
+        check_encoding(self.encoding, "kernels.json")
         if self.iterator not in ITERATORS:
             raise ValueError(f"kernels.json: iterator {self.iterator!r} is not one of {ITERATORS}")
         m, n, k = self.tile
@@ -73,6 +83,10 @@ class KernelTable:
     def for_arch(self, cc: int, encoding: str | None = None) -> list[KernelSpec]:
         return [k for k in self.kernels if k.runs_on(cc) and (encoding is None or k.encoding == encoding)]
 
+    def encodings(self, cc: int) -> tuple[str, ...]:
+        """The encodings that have a kernel on ``cc``, in ENCODINGS order (XOR: none on Hopper)."""
+        return tuple(e for e in ENCODINGS if self.for_arch(cc, e))
+
     def by_name(self, name: str) -> KernelSpec:
         for k in self.kernels:
             if k.name == name:
@@ -89,7 +103,7 @@ def layer_key(encoding: str, r: int, c_bits: int, k_cols: int, h: int, w: int) -
 
 
 def save_choices(choices: dict, path: str | Path = TABLE_PATH) -> None:
-    """Merge measured ``{"smXX": {key: name}}`` into the table file (``cutlass_kernels.benchmark --save-choices``)."""
+    """Merge measured ``{"smXX": {key: name}}`` into the table file (``python -m lightning_mbu.bench.kernels --save-choices``)."""
     path = Path(path)
     raw = json.loads(path.read_text())
     for arch, table in choices.items():

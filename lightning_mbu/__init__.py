@@ -2,23 +2,31 @@
 
 from importlib import import_module
 
-from .callbacks import MBUCallback
-from .config import LAYER_NAMES, LayerConfig, QuantSpec
-from .model import MBUNet
-
 __version__ = "0.1.0"
 
-# Heavier parts load on first use, so `import lightning_mbu` stays quick.
+# Every public name loads on first use (PEP 562), so `import lightning_mbu.ops` (inference) pulls in
+# no Lightning, optuna or matplotlib, and `import lightning_mbu` stays quick.
 _LAZY = {
+    "LAYER_NAMES": "lightning_mbu.config",
+    "LayerConfig": "lightning_mbu.config",
+    "QuantSpec": "lightning_mbu.config",
+    "MBUNet": "lightning_mbu.model",
+    "MBUCallback": "lightning_mbu.callbacks",
     "SegmentationModule": "lightning_mbu.module",
     "SegmentationDataModule": "lightning_mbu.data",
     "load_packed": "lightning_mbu.ops",
 }
 
-__all__ = ["LAYER_NAMES", "LayerConfig", "MBUCallback", "MBUNet", "QuantSpec", *_LAZY]
+__all__ = sorted(_LAZY)
 
 
 def __getattr__(name):
     if name in _LAZY:
-        return getattr(import_module(_LAZY[name]), name)
+        value = getattr(import_module(_LAZY[name]), name)
+        globals()[name] = value  # later lookups skip __getattr__
+        return value
     raise AttributeError(f"module 'lightning_mbu' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted({*globals(), *_LAZY})

@@ -18,10 +18,8 @@ from torch import nn
 
 from .config import LAYER_NAMES, LayerConfig, QuantSpec
 from .layers import QConv2d, QConvTranspose2d
+from .ops.preprocess import PAD_MULTIPLE
 from .quant import MaskedWeight, SignActivation, WeightQuantizer, get_weight_quantizer
-
-#: Input height and width are padded up to a multiple of this (four 2x poolings).
-SIZE_MULTIPLE = 16
 
 
 @torch.no_grad()
@@ -169,7 +167,7 @@ class MBUNet(nn.Module):
     # -- forward ---------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
-        ph, pw = (-h) % SIZE_MULTIPLE, (-w) % SIZE_MULTIPLE
+        ph, pw = (-h) % PAD_MULTIPLE, (-w) % PAD_MULTIPLE
         if ph or pw:
             x = F.pad(x, (0, pw, 0, ph))
         x1 = self.inc(x)

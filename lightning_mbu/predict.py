@@ -30,7 +30,7 @@ from torch import nn
 from .data.dataset import BadSampleError, read_image
 from .data.layouts import IMAGE_SUFFIXES
 from .files import atomic_path, check_output, writable_dir
-from .ops.preprocess import NORMALIZATIONS, as_batch, input_spec, prepare
+from .ops.preprocess import NORMALIZATIONS, PAD_MULTIPLE, as_batch, input_spec, prepare
 
 BACKENDS = ("auto", "cpu", "cuda")
 PROBABILITY_FORMATS = ("png", "npy")
@@ -61,12 +61,11 @@ def load_checkpoint_model(path: Path, backend: str = "auto", normalization: str 
     """The checkpoint's net with the preprocessing its export would store (``export.training_input``)."""
     from .checkpoint import load_checkpoint
     from .export import net_from_checkpoint, training_input
-    from .model import SIZE_MULTIPLE
 
     ckpt = load_checkpoint(path)
     net = net_from_checkpoint(ckpt)
     normalization, size = training_input(ckpt, normalization)
-    return CheckpointModel(net, input_spec(net.in_channels, normalization, SIZE_MULTIPLE, size), _device(backend))
+    return CheckpointModel(net, input_spec(net.in_channels, normalization, PAD_MULTIPLE, size), _device(backend))
 
 
 def load_packed_model(path: Path, backend: str = "auto") -> nn.Module:

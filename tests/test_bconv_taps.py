@@ -9,8 +9,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
+from lightning_mbu.ops.bits import channel_mask, words
 from lightning_mbu.ops.cpu import _im2col3x3, _PopcountLayer
-from lightning_mbu.ops.graph import BinaryConv, channel_mask, words
+from lightning_mbu.ops.graph import BinaryConv
 
 SLICE_WORDS = 8  # 256 bits: one mma.sync m16n8k256
 

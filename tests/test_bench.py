@@ -276,7 +276,7 @@ def test_models_resolve_to_baselines_and_packed_specs(tmp_path):
 def test_random_mbunet_thresholds_fall_inside_the_accumulator_range(tmp_path):
     from lightning_mbu.bench.packed import random_mbunet
     from lightning_mbu.export import export_model
-    from lightning_mbu.export.pack import unpack_bits
+    from lightning_mbu.ops.bits import unpack_bits
     from lightning_mbu.ops.cpu import CPUPackedNet
 
     net = export_model(random_mbunet("BBBBMMMMBBBB", base=8), tmp_path / "m.mbu")
@@ -296,13 +296,16 @@ def test_stage_shapes_count_the_same_bit_ops_as_the_cost_model(tmp_path):
 
     config = "BBBBMMMMBBBB"
     net = export_model(random_mbunet(config, base=32), tmp_path / "m.mbu")
-    shapes = {s.stage: s for s in stage_shapes(net, batch=2, size=(30, 47))}
-    assert (shapes["inc.conv1"].height, shapes["inc.conv1"].width) == (32, 48)  # padded to 16
-    assert (shapes["down4.conv2"].height, shapes["down4.conv2"].width) == (2, 3)
-    assert shapes["up_ct4"].gemm == (2 * 16 * 24, 4 * 32 * 2, 64)  # masked: two planes, 2x2 taps; K = 2 x 32 ch
-    total = sum(s.bit_ops for s in shapes.values() if s.bit_ops)
     cost = CostModel.measure((32, 48), base=32)
-    assert total == 2 * cost.config_binary_ops(config, encoding="xor")  # cost model counts one image
+    for encoding in ("xor", "and"):
+        shapes = {s.stage: s for s in stage_shapes(net, batch=2, size=(30, 47), encoding=encoding)}
+        assert (shapes["inc.conv1"].height, shapes["inc.conv1"].width) == (32, 48)  # padded to 16
+        assert (shapes["down4.conv2"].height, shapes["down4.conv2"].width) == (2, 3)
+        assert shapes["up_ct4"].gemm == (2 * 16 * 24, 4 * 32 * 2, 64)  # masked: two planes, 2x2 taps; K = 2 x 32 ch
+        # binary: one plane, and in the AND form the column of ones counting each window's +1 inputs
+        assert shapes["up1.conv1"].gemm == (2 * 4 * 6, 256 + (encoding == "and"), 9 * 512)
+        total = sum(s.bit_ops for s in shapes.values() if s.bit_ops)
+        assert total == 2 * cost.config_binary_ops(config, encoding=encoding)  # cost model counts one image
 
 
 # -- CLI ----------------------------------------------------------------------------------------

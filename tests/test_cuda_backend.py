@@ -15,9 +15,9 @@ from random_nets import randomize
 from cutlass_kernels.table import KernelTable
 from lightning_mbu import MBUNet
 from lightning_mbu.export import fold, pack_folded
-from lightning_mbu.export.pack import pack_bits, unpack_bits
+from lightning_mbu.ops.bits import pack_bits, popcount, unpack_bits, words
 from lightning_mbu.ops.cpu import CPUPackedNet
-from lightning_mbu.ops.graph import ENCODINGS, BinaryConv, TConvConcat, popcount, words
+from lightning_mbu.ops.graph import ENCODINGS, BinaryConv, TConvConcat
 
 cuda = pytest.importorskip("lightning_mbu.ops.cuda")
 
@@ -110,12 +110,21 @@ def test_column_layout_and_epilogue_reproduce_the_spec(kind, mode, encoding):
 
 
 def test_xor_is_refused_on_hopper_and_unknown_encodings_everywhere():
-    with pytest.raises(ValueError, match="not native on sm_90"):
-        cuda.check_encoding("xor", 90)
+    with pytest.raises(ValueError, match="'xor' has no kernel on sm_90"):
+        cuda.check_runs("xor", 90)
     with pytest.raises(ValueError, match="unknown encoding 'or'"):
-        cuda.check_encoding("or", 80)
-    cuda.check_encoding("xor", 86)
-    cuda.check_encoding("and", 90)
+        cuda.check_runs("or", 80)
+    cuda.check_runs("xor", 86)
+    cuda.check_runs("and", 90)
+
+
+def test_the_file_default_encoding_is_honoured_where_the_table_has_kernels_for_it():
+    assert cuda.choose_encoding(None, "xor", 86) == "xor"
+    assert cuda.choose_encoding("and", "xor", 86) == "and"
+    with pytest.warns(UserWarning, match="'xor' has no kernel on sm_90; running 'and'"):
+        assert cuda.choose_encoding(None, "xor", 90) == "and"
+    with pytest.raises(ValueError, match="'xor' has no kernel on sm_90"):  # asked for: an error, not a fallback
+        cuda.choose_encoding("xor", "and", 90)
 
 
 # -- GPU: every kernel, every stage, the whole net ------------------------------------------------

@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 from test_cuda_backend import random_bits, random_layer, reference_bits
 
-from lightning_mbu.export.fold import first_conv_float
-from lightning_mbu.export.pack import pack_bits
-from lightning_mbu.ops.graph import TConvConcat, words
+from lightning_mbu.ops.bits import pack_bits, words
+from lightning_mbu.ops.float_ops import first_conv_float
+from lightning_mbu.ops.graph import TConvConcat
 
 cuda = pytest.importorskip("lightning_mbu.ops.cuda")
 

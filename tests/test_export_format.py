@@ -13,8 +13,9 @@ from random_nets import randomize
 
 from lightning_mbu import MBUNet, load_packed
 from lightning_mbu.cli import main
-from lightning_mbu.export import export_model, load
+from lightning_mbu.export import export_model
 from lightning_mbu.ops.cpu import CPUPackedNet
+from lightning_mbu.ops.format import load
 
 
 @pytest.fixture(scope="module")

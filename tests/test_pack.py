@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 
-from lightning_mbu.export.pack import pack_bits, pack_planes, unpack_bits
-from lightning_mbu.ops.graph import BinaryConv, TConvConcat, channel_mask, raw_thresholds, segment_positions
+from lightning_mbu.export.pack import pack_planes
+from lightning_mbu.ops.bits import channel_mask, pack_bits, segment_positions, unpack_bits
+from lightning_mbu.ops.graph import BinaryConv, TConvConcat, raw_thresholds
 
 
 def test_channel_c_is_bit_c_mod_32_of_word_c_div_32_lsb_first():

@@ -7,9 +7,9 @@ from random_nets import randomize, sampled_configs
 
 from lightning_mbu import MBUNet, QuantSpec
 from lightning_mbu.export import fold, pack_folded
-from lightning_mbu.export.pack import unpack_bits
+from lightning_mbu.ops.bits import channel_mask, unpack_bits
 from lightning_mbu.ops.cpu import CPUPackedNet
-from lightning_mbu.ops.graph import ENCODINGS, channel_mask
+from lightning_mbu.ops.graph import ENCODINGS
 
 
 def assert_engine_matches_reference(net: MBUNet, x: torch.Tensor, encoding: str) -> None:

@@ -126,7 +126,7 @@ def _stage(meta, name):
     (lambda m: m["input"].update(pad_value=1e9), "input"),
     (lambda m: m["input"].update(normalization="fixed"), "input"),
     (lambda m: m["input"].update(channels=1), "input"),
-    (lambda m: m.update(default_encoding="and"), "default_encoding"),
+    (lambda m: m.update(default_encoding="xor"), "default_encoding"),
     (lambda m: _stage(m, "inc.conv1").update(pad_value=0.5), r"stages\.0 \(inc\.conv1\)"),
     (lambda m: m["sha256"].pop("outc.bias"), r"tensor outc\.bias has no checksum"),
     (lambda m: m.update(comment="hello"), "comment"),
@@ -148,7 +148,7 @@ def test_every_metadata_edit_is_refused_naming_the_file_and_field(exported, tmp_
 ])
 def test_fields_are_checked_against_the_tensors_even_when_rehashed(exported, tmp_path, change, message):
     """Someone who recomputes the checksums still cannot load a file whose fields contradict its tensors."""
-    from lightning_mbu.export.format import metadata_digests
+    from lightning_mbu.ops.format import metadata_digests
 
     path, _ = exported
 
@@ -185,7 +185,7 @@ def test_format_1_file_loads_with_a_warning_and_the_old_behaviour(exported, tmp_
 def test_the_cuda_backend_refuses_bad_batches_with_the_shared_check(exported):
     """The CUDA backend's input step is the same ``prepare`` (run here on the CPU, without building kernels)."""
     cuda = pytest.importorskip("lightning_mbu.ops.cuda")
-    from lightning_mbu.export.format import load
+    from lightning_mbu.ops.format import load
 
     backend = cuda.CUDAPackedNet.__new__(cuda.CUDAPackedNet)
     torch.nn.Module.__init__(backend)

@@ -39,7 +39,7 @@ class PackedSpec:
 
 def file_config(path: str | Path) -> LayerConfig:
     """The layer config recorded in an exported ``.mbu`` file (the loader validates the whole file)."""
-    from ..export.format import load as load_file
+    from ..ops.format import load as load_file
 
     path = Path(path)
     if not path.is_file():

@@ -122,3 +122,8 @@ def measure(runners: Sequence[Callable[[], None]], batch: int, *, warmup: int = 
         energy_method=meter.method if meter is not None and joules is not None else None,
         peak_memory_bytes=torch.cuda.max_memory_allocated(),
     )
+
+
+def median_ms(fn: Callable[[], object], repeats: int = 10, warmup: int = 2) -> float:
+    """Median CUDA-event time in ms of ``fn()`` alone (one kernel, one stage): ``measure`` of one runner."""
+    return measure([fn], batch=1, warmup=warmup, repeats=repeats).ms_per_batch

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..ops.graph import ENCODINGS
+from cutlass_kernels.table import DEFAULT_ENCODING, ENCODINGS
+
 from ..ops.preprocess import NORMALIZATIONS
 
 
@@ -13,7 +14,7 @@ def add_parser(subparsers) -> None:
                               description=__doc__.splitlines()[0])
     p.add_argument("checkpoint", type=Path, help="Lightning checkpoint of a quantized SegmentationModule")
     p.add_argument("-o", "--output", type=Path, default=None, help="output file (default: CKPT with suffix .mbu)")
-    p.add_argument("--encoding", choices=ENCODINGS, default="xor",
+    p.add_argument("--encoding", choices=ENCODINGS, default=DEFAULT_ENCODING,
                    help="dot-product form backends use by default (both are exact; a backend may override)")
     p.add_argument("--normalization", choices=NORMALIZATIONS, default=None,
                    help="input normalisation to store (default: the one the checkpoint's data module recorded)")

@@ -9,8 +9,10 @@ import time
 import warnings
 from pathlib import Path
 
+from cutlass_kernels.table import DEFAULT_ENCODING, ENCODINGS
+
 from ..config import LAYER_NAMES, PAPER_NAMES, parse_size
-from ..search.cost import ENCODINGS, NORMALIZATIONS, CostModel
+from ..search.cost import NORMALIZATIONS, CostModel
 
 
 def add_parser(subparsers) -> None:
@@ -24,7 +26,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--w-op", type=float, default=0.5, help="weight of ops in eq. 2; w_param = 1 - w_op")
     p.add_argument("--normalize", choices=NORMALIZATIONS, default="max",
                    help="scale ops and params to [0,1] by their maximum (default) or min-max")
-    p.add_argument("--encoding", choices=ENCODINGS, default="xor", help="bit encoding for config costs")
+    p.add_argument("--encoding", choices=ENCODINGS, default=DEFAULT_ENCODING, help="bit encoding for config costs")
     p.add_argument("--plot", metavar="PNG", help="also draw Fig. 4 (ops and params per layer) here (default: no plot)")
     p.add_argument("--force", action="store_true", help="overwrite an existing --plot file")
     p.add_argument("--json", action="store_true", help="print the table as JSON")
@@ -70,7 +72,7 @@ def add_parser(subparsers) -> None:
     s.add_argument("--cost-size", nargs="+", default=["512x512"], metavar="SIZE",
                    help="input size of the cost objective: HxW, H W or N (default 512x512)")
     s.add_argument("--cost-base", type=int, default=64, help="base width of the costed net (default 64)")
-    s.add_argument("--encoding", choices=ENCODINGS, default="xor", help="bit encoding of the cost objective")
+    s.add_argument("--encoding", choices=ENCODINGS, default=DEFAULT_ENCODING, help="bit encoding of the cost objective")
     s.add_argument("--w-op", type=float, default=0.5, help="eq. 2 weight for the cost-aware ranking")
     s.add_argument("--heartbeat", type=int, default=10, help="seconds between trial heartbeats (RDB storages)")
     s.add_argument("--grace", type=int, default=30, help="seconds without heartbeat before a trial is stale")

@@ -1,7 +1,8 @@
 """Export a trained MBU-Net to a packed `.mbu` file: fold batch-norm into thresholds, pack bits, write.
 
 ``export_model(net, path)`` takes an MBUNet; ``export_checkpoint(ckpt, path)`` a Lightning
-checkpoint of a SegmentationModule. ``lightning_mbu.load_packed`` reads the file back.
+checkpoint of a SegmentationModule. The file format and its reader live in ``ops`` (``ops/format.py``,
+``lightning_mbu.load_packed``): export depends on ops, never the other way round.
 """
 
 from __future__ import annotations
@@ -11,26 +12,27 @@ import warnings
 
 from ..checkpoint import Checkpoint, load_checkpoint
 from ..model import MBUNet
-from ..ops.graph import ENCODINGS, PackedNet
+from cutlass_kernels.table import DEFAULT_ENCODING, check_encoding
+
+from ..ops.format import save
+from ..ops.graph import PackedNet
 from ..ops.preprocess import NORMALIZATIONS, input_spec
 from .fold import FoldedNet, fold
-from .format import load, save
 from .pack import pack_folded
 
-__all__ = ["FoldedNet", "PackedNet", "export_checkpoint", "export_model", "fold", "load", "net_from_checkpoint",
-           "pack_folded", "save", "training_input"]
+__all__ = ["FoldedNet", "export_checkpoint", "export_model", "fold", "net_from_checkpoint", "pack_folded",
+           "training_input"]
 
 
-def export_model(net: MBUNet, path: str | os.PathLike, default_encoding: str = "xor", normalization: str = "none",
-                 train_size: tuple[int, int] | None = None) -> PackedNet:
+def export_model(net: MBUNet, path: str | os.PathLike, default_encoding: str = DEFAULT_ENCODING,
+                 normalization: str = "none", train_size: tuple[int, int] | None = None) -> PackedNet:
     """Fold and pack a quantized MBUNet (eval semantics) and write it to ``path``; returns the PackedNet.
 
     ``normalization`` (the data module's rule the net was trained with, e.g. "image") and ``train_size``
     (the size it was trained at, or None) go into the file, so the packed model takes raw image pixels;
     with "none" it takes float images the caller normalised as in training.
     """
-    if default_encoding not in ENCODINGS:
-        raise ValueError(f"unknown encoding {default_encoding!r}; valid: {', '.join(ENCODINGS)}")
+    check_encoding(default_encoding, "default_encoding")
     if normalization not in NORMALIZATIONS:
         raise ValueError(f"unknown normalization {normalization!r}; valid: {', '.join(NORMALIZATIONS)}")
     packed = pack_folded(fold(net))
@@ -64,7 +66,7 @@ def training_input(ckpt: Checkpoint, normalization: str | None = None) -> tuple[
     return normalization or data.get("normalization", "none"), size
 
 
-def export_checkpoint(ckpt_path: str | os.PathLike, path: str | os.PathLike, default_encoding: str = "xor",
+def export_checkpoint(ckpt_path: str | os.PathLike, path: str | os.PathLike, default_encoding: str = DEFAULT_ENCODING,
                       normalization: str | None = None) -> PackedNet:
     """Export a SegmentationModule checkpoint with the preprocessing its data module recorded."""
     ckpt = load_checkpoint(ckpt_path)

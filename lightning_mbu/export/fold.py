@@ -16,19 +16,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import LAYER_NAMES
-from ..model import SIZE_MULTIPLE, MBUNet
+from ..model import MBUNet
+from ..ops.float_ops import final_conv_float, first_conv_float
 from ..ops.graph import PLANES
-
-
-def first_conv_float(x, weight, scale, shift, pad_value: float) -> torch.Tensor:
-    """The float first layer: 3x3 conv, folded batch-norm ``z * scale + shift``, sign as a bool (+1)."""
-    z = F.conv2d(F.pad(x, (1, 1, 1, 1), value=pad_value), weight)
-    return z * scale[:, None, None] + shift[:, None, None] >= 0
-
-
-def final_conv_float(pm1, weight, bias) -> torch.Tensor:
-    """The float 1x1 conv from +-1 activations ``(N, C, H, W)`` to logits."""
-    return F.conv2d(pm1, weight[:, :, None, None], bias)
+from ..ops.preprocess import PAD_MULTIPLE
 
 
 def threshold(acc: torch.Tensor, theta: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
@@ -135,7 +126,7 @@ class FoldedNet(nn.Module):
     Its steps have the packed graph's stage names, sources and order (docs/format.md).
     """
 
-    def __init__(self, steps: list, model: dict, pad_multiple: int = SIZE_MULTIPLE):
+    def __init__(self, steps: list, model: dict, pad_multiple: int = PAD_MULTIPLE):
         super().__init__()
         self.steps, self.model, self.pad_multiple = steps, model, pad_multiple
 

@@ -1,35 +1,18 @@
-"""Bit layouts: pack +-1 activations and {-1, 0, +1} weights into 32-bit words (docs/format.md section 2-3)."""
+"""Pack a folded net: {-1, 0, +1} weights as bit-planes, thresholds padded, into a PackedNet (docs/format.md)."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from ..ops.graph import (PLANES, WORD_BITS, BinaryConv, FinalConv, FirstConv, MaxPool, PackedNet, Stage,
-                         TConvConcat, segment_positions, words)
+from ..ops.bits import WORD_BITS, pack_bits, segment_positions, words
+from ..ops.graph import PLANES, BinaryConv, FinalConv, FirstConv, MaxPool, PackedNet, Stage, TConvConcat
 from ..ops.preprocess import input_spec
 from .fold import FoldedFinal, FoldedFirst, FoldedLayer, FoldedNet, FoldedPool
 
 
 def _numpy(x) -> np.ndarray:
     return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
-
-
-def pack_bits(bits, segments) -> np.ndarray:
-    """``(..., C)`` booleans (True = +1) -> ``(..., words)`` int32, channels placed by ``segments``."""
-    bits = _numpy(bits).astype(bool)
-    pos = segment_positions(segments)
-    if bits.shape[-1] != len(pos):
-        raise ValueError(f"pack_bits: {bits.shape[-1]} channels given, segments {list(segments)} hold {len(pos)}")
-    full = np.zeros(bits.shape[:-1] + (sum(words(c) for c in segments) * WORD_BITS,), dtype=np.uint8)
-    full[..., pos] = bits
-    return np.ascontiguousarray(np.packbits(full, axis=-1, bitorder="little")).view("<u4").view(np.int32)
-
-
-def unpack_bits(packed: np.ndarray, segments) -> np.ndarray:
-    """``(..., words)`` int32 -> ``(..., C)`` booleans of the real channels of ``segments``."""
-    u8 = np.ascontiguousarray(packed).astype("<i4", copy=False).view(np.uint8)
-    return np.unpackbits(u8, axis=-1, bitorder="little")[..., segment_positions(segments)].astype(bool)
 
 
 def pack_planes(weight, mode: str, cin_segments, cout_pad: int) -> np.ndarray:

@@ -26,7 +26,7 @@ def load_packed(path: str | os.PathLike, backend: str = "cpu", encoding: str | N
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
-    from ..export.format import load
+    from .format import load
 
     net = load(path)
     try:

@@ -14,10 +14,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..export.fold import final_conv_float, first_conv_float
-from ..export.pack import pack_bits
-from .graph import (ENCODINGS, BinaryConv, FinalConv, FirstConv, MaxPool, PackedNet, TConvConcat, channel_mask,
-                    raw_thresholds)
+from cutlass_kernels.table import check_encoding
+
+from .bits import channel_mask, pack_bits
+from .float_ops import final_conv_float, first_conv_float
+from .graph import BinaryConv, FinalConv, FirstConv, MaxPool, PackedNet, TConvConcat, raw_thresholds
 from .preprocess import prepare
 
 #: output elements per popcount block: keeps a block's temporaries in the L2 cache
@@ -104,9 +105,7 @@ class CPUPackedNet(nn.Module):
         super().__init__()
         net.validate()
         self.net = net
-        self.encoding = encoding or net.default_encoding
-        if self.encoding not in ENCODINGS:
-            raise ValueError(f"unknown encoding {self.encoding!r}; valid: {', '.join(ENCODINGS)}")
+        self.encoding = check_encoding(encoding or net.default_encoding)
         self.threads = threads or os.cpu_count() or 1
         self._layers = {s.name: _PopcountLayer(s, self.encoding) for s in net.threshold_layers}
 

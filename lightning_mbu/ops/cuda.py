@@ -4,11 +4,11 @@ Binary layers run as CUTLASS implicit-GEMM convs whose epilogue thresholds and p
 bits (cutlass_kernels); max-pool, first and final layers are small hand-written kernels. Every
 stage writes its bits where the next one reads them: a skip tensor is written straight into the
 first words of its concatenation buffer and the transposed conv scatters into the rest, so
-concatenation copies nothing. The dot-product form follows the compute capability: AND-popcount
-on sm_80+ (native there), XOR only when asked and only on sm_80-89 (Hopper has no native XOR
-mma; CUTLASS compiles it to an assert stub). Which CUTLASS tile each layer uses comes from the
-kernel table (cutlass_kernels/kernels.json) keyed by layer shape, or the first kernel that
-accepts the problem.
+concatenation copies nothing. The dot-product form is the file's ``default_encoding`` (or the one
+asked for) when the kernel table has kernels of it for this GPU; XOR has none on Hopper (no native
+XOR mma; CUTLASS compiles it to an assert stub), so a file asking for it falls back to AND there,
+with a warning. Which CUTLASS tile each layer uses comes from the kernel table
+(cutlass_kernels/kernels.json) keyed by layer shape, or the first kernel that accepts the problem.
 
 ``forward`` captures one CUDA graph per input shape (``graphs=False`` runs stage by stage).
 """
@@ -16,6 +16,8 @@ accepts the problem.
 from __future__ import annotations
 
 import ctypes
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,14 +25,12 @@ import torch
 from torch import nn
 
 from cutlass_kernels.build import device_cc, load_library
-from cutlass_kernels.table import KernelSpec, KernelTable, layer_key
+from cutlass_kernels.table import DEFAULT_ENCODING, KernelSpec, KernelTable, check_encoding, layer_key
 
-from .graph import (ENCODINGS, BinaryConv, FinalConv, FirstConv, MaxPool, PackedNet, TConvConcat, raw_thresholds,
-                    words)
+from .bits import WORD_BITS, words
+from .graph import BinaryConv, FinalConv, FirstConv, MaxPool, PackedNet, Stage, TConvConcat, raw_thresholds
 from .preprocess import prepare
 
-#: AND-popcount is native on every arch with b1 mma.sync kernels here (sm_80+); XOR only on request
-DEFAULT_ENCODING = "and"
 _ERRORS = {1001: "CUTLASS cannot implement this problem (channel alignment?)", 1002: "bad argument"}
 
 
@@ -56,12 +56,28 @@ def _ptr(t: torch.Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
 
-def check_encoding(encoding: str, cc: int) -> None:
-    if encoding not in ENCODINGS:
-        raise ValueError(f"unknown encoding {encoding!r}; valid: {', '.join(ENCODINGS)}")
-    if encoding == "xor" and cc >= 90:
-        raise ValueError(f"encoding 'xor' is not native on sm_{cc} (b1 XOR mma is emulated on Hopper and CUTLASS "
-                         "builds it as an assert stub); use 'and'")
+def check_runs(encoding: str, cc: int, table: KernelTable | None = None) -> None:
+    """Raise unless the kernel table has kernels of ``encoding`` for sm_``cc``."""
+    check_encoding(encoding)
+    runs = (table or KernelTable.load()).encodings(cc)
+    if encoding not in runs:
+        raise ValueError(f"encoding {encoding!r} has no kernel on sm_{cc} in the kernel table (b1 XOR mma is not "
+                         f"native on Hopper, and CUTLASS builds it as an assert stub); use {' or '.join(runs)!s}")
+
+
+def choose_encoding(asked: str | None, file_default: str, cc: int, table: KernelTable | None = None) -> str:
+    """The encoding to run: ``asked`` (which must run on sm_``cc``), else the file's default when it runs here,
+    else DEFAULT_ENCODING with a warning."""
+    table = table or KernelTable.load()
+    if asked is not None:
+        check_runs(asked, cc, table)
+        return asked
+    check_encoding(file_default, "default_encoding")
+    if file_default in table.encodings(cc):
+        return file_default
+    warnings.warn(f"the model's default encoding {file_default!r} has no kernel on sm_{cc}; running "
+                  f"{DEFAULT_ENCODING!r} (the same logits, another dot-product form)", UserWarning, stacklevel=3)
+    return DEFAULT_ENCODING
 
 
 class Library:
@@ -122,6 +138,33 @@ TCONV_GEMM = HandWrittenKernel("mbu_tconv")
 
 
 @dataclass
+class Step:
+    """One launch of a plan: ``step(stream)`` runs ``stage`` on a CUDA stream (or, with ``copy_skip``, copies
+    the skip tensor of the transposed conv ``stage`` into its concatenation buffer).
+
+    A binary layer also carries what the kernel-table benchmark (``lightning_mbu.bench.kernels``) needs to
+    time its GEMM alone: the ``kernel`` it runs, its ``layer`` and ``args``, and ``window_count`` (the launch
+    of each window's +1 count that the binary AND form runs first; None otherwise).
+    """
+
+    stage: Stage
+    launch: Callable[[int], None]
+    kernel: KernelSpec | HandWrittenKernel | None = None
+    layer: BinaryLayer | None = None
+    args: ConvArgs | None = None
+    window_count: Callable[[int], None] | None = None
+    copy_skip: bool = False
+
+    @property
+    def table_kernel(self) -> bool:
+        """Whether the kernel comes from the CUTLASS table, so any table kernel that accepts ``args`` can run it."""
+        return isinstance(self.kernel, KernelSpec)
+
+    def __call__(self, stream: int) -> None:
+        self.launch(stream)
+
+
+@dataclass
 class BinaryLayer:
     """A binary conv or transposed conv laid out as GEMM columns for one encoding (see mbu_api.h)."""
 
@@ -144,9 +187,9 @@ class BinaryLayer:
         if isinstance(stage, TConvConcat):  # columns (kh, kw, o): sub-position-major, as the epilogue scatters
             planes = planes.transpose(0, 2, 3, 1, 4).reshape(planes.shape[0], -1, 1, 1, planes.shape[-1])
             thr, d = thr.transpose(1, 2, 0).reshape(-1), d.transpose(1, 2, 0).reshape(-1)
-        if stage.mode == "masked":  # r = plane A - plane B, blocks of 32 columns of A then 32 of B
+        if stage.mode == "masked":  # r = plane A - plane B, blocks of a word's columns of A then of B
             first, second = (planes[0], planes[1]) if encoding == "and" else (planes[1], planes[0])
-            cols = np.stack([first, second]).reshape(2, -1, 32, *planes.shape[2:]).transpose(1, 0, 2, 3, 4, 5)
+            cols = np.stack([first, second]).reshape(2, -1, WORD_BITS, *planes.shape[2:]).transpose(1, 0, 2, 3, 4, 5)
             filt, n_planes, alpha, counts = cols.reshape(-1, *planes.shape[2:]), 2, 1, False
         elif encoding == "and":  # r = 2 popc(a' & b') - popc(a' & m)
             filt, n_planes, alpha, counts = planes[0], 1, 2, True
@@ -162,7 +205,7 @@ class BinaryLayer:
         n, h, w, cw = x.shape
         st = self.stage
         return ConvArgs(
-            n=n, h=h, w=w, c_bits=32 * cw, k_cols=self.filt.shape[0], r=self.r, s=self.r, pad=self.r // 2,
+            n=n, h=h, w=w, c_bits=WORD_BITS * cw, k_cols=self.filt.shape[0], r=self.r, s=self.r, pad=self.r // 2,
             planes=self.planes, alpha=self.alpha, row_count=_ptr(count), act=x.data_ptr(), filt=self.filt.data_ptr(),
             thr=self.thr.data_ptr(), out=out.data_ptr(), out_pixel_stride=out.stride(2), out_word_offset=0,
             out_words=words(st.cout), scatter=int(isinstance(st, TConvConcat)))
@@ -180,7 +223,8 @@ class CUDAPackedNet(nn.Module):
 
     Args:
         net: the packed graph (validated here).
-        encoding: "and" (default on sm_80+) or "xor" (sm_80-89 only).
+        encoding: "and" or "xor" (sm_80-89 only); default: the file's ``default_encoding`` where the kernel
+            table has it for this GPU, else "and" (with a warning).
         graphs: capture a CUDA graph per input shape and replay it in ``forward``.
         device: the CUDA device (default: the current one).
     """
@@ -190,14 +234,13 @@ class CUDAPackedNet(nn.Module):
         net.validate()
         cc = device_cc(device)
         self.device = torch.device("cuda", torch.cuda.current_device()) if device is None else torch.device(device)
-        self.encoding = encoding or DEFAULT_ENCODING
-        check_encoding(self.encoding, cc)
+        self.encoding = choose_encoding(encoding, net.default_encoding, cc)
         self.net, self.cc, self.graphs = net, cc, graphs
         self.lib = Library(cc)
         self.segments = net.segments()
         self.layers = {s.name: BinaryLayer.prepare(s, self.encoding, self.device) for s in net.threshold_layers}
         first, final = net.stages[0], net.stages[-1]
-        cout_pad = words(first.cout) * 32
+        cout_pad = words(first.cout) * WORD_BITS
         weight = torch.zeros(cout_pad, first.cin, 3, 3)
         weight[: first.cout] = torch.from_numpy(first.weight)
         scale, shift = torch.zeros(cout_pad), torch.full((cout_pad,), -1.0)  # padding channels: bit 0
@@ -255,9 +298,10 @@ class _Plan:
         n, _, h, w = shape
         self.input = torch.empty(shape, device=dev)
         self.env: dict[str, torch.Tensor] = {"input": self.input}
-        self.steps: list = []  # closures launching one stage each on the current stream
-        self.step_of: dict = {}
-        self.choices: dict[str, KernelSpec] = {}
+        self.steps: list[Step] = []  # in launch order, skip copies included
+        self.step_of: dict[str, Step] = {}  # each stage's step, by stage name
+        #: the kernel each binary layer runs (a table KernelSpec or a HandWrittenKernel)
+        self.choices: dict[str, KernelSpec | HandWrittenKernel] = {}
         dims = {"input": (h, w)}
         concat_bufs: dict[str, torch.Tensor] = {}
         for st in net.stages:
@@ -288,11 +332,11 @@ class _Plan:
         return torch.empty(n, h, w, sum(words(c) for c in self.owner.segments[cat.name]), dtype=torch.int32,
                            device=self.owner.device)
 
-    def _copy_skip(self, cat: TConvConcat, buf: torch.Tensor):
+    def _copy_skip(self, cat: TConvConcat, buf: torch.Tensor) -> Step:
         ws = sum(words(c) for c in self.owner.segments[cat.skip])
-        return lambda stream: buf[..., :ws].copy_(self.env[cat.skip])
+        return Step(cat, lambda stream: buf[..., :ws].copy_(self.env[cat.skip]), copy_skip=True)
 
-    def _step(self, st, out: torch.Tensor):
+    def _step(self, st, out: torch.Tensor) -> Step:
         lib, owner = self.owner.lib.lib, self.owner
         if isinstance(st, FirstConv):
             weight, scale, shift = owner.first
@@ -304,7 +348,7 @@ class _Plan:
                                              float(st.pad_value), weight.data_ptr(), scale.data_ptr(),
                                              shift.data_ptr(), out.shape[-1], out.data_ptr(), stream),
                        f"stage {st.name}")
-            return first
+            return Step(st, first)
         if isinstance(st, MaxPool):
             def pool(stream):
                 x = self.env[st.src]
@@ -312,7 +356,7 @@ class _Plan:
                 n, h, w, c = x.shape
                 _check(lib.mbu_max_pool_vec(x.data_ptr(), x.stride(2), 0, n, h, w, c, out.data_ptr(), stream),
                        f"stage {st.name}")
-            return pool
+            return Step(st, pool)
         if isinstance(st, FinalConv):
             weight, bias = owner.final
 
@@ -322,7 +366,7 @@ class _Plan:
                 n, h, w, c = x.shape
                 _check(lib.mbu_final_conv(x.data_ptr(), x.stride(2), n, h, w, c, weight.data_ptr(), bias.data_ptr(),
                                           st.num_classes, out.data_ptr(), stream), f"stage {st.name}")
-            return final
+            return Step(st, final)
         layer = owner.layers[st.name]
         src = self.env[st.src]
         x = src if src.is_contiguous() else torch.empty(src.shape, dtype=torch.int32, device=src.device)
@@ -343,7 +387,7 @@ class _Plan:
         self.choices[st.name] = spec
         args_ref = ctypes.byref(args)
 
-        def count_step(stream):
+        def window_count(stream):
             n, h, w, c = x.shape
             _check(lib.mbu_window_count(x.data_ptr(), n, h, w, c, layer.r, count.data_ptr(), stream),
                    f"stage {st.name} (window count)")
@@ -352,12 +396,10 @@ class _Plan:
             if x is not src:
                 x.copy_(src)
             if count is not None:
-                count_step(stream)
+                window_count(stream)
             _check(fn(args_ref, stream), f"stage {st.name} ({spec.name})")
-        if not gemm_tconv:  # for the table benchmark: the arguments, kernel and layer, and the window count alone
-            conv.args, conv.spec, conv.layer = args, spec, layer
-            conv.count_step = count_step if count is not None else None
-        return conv
+        return Step(st, conv, kernel=spec, layer=layer, args=args,
+                    window_count=window_count if count is not None else None)
 
     def launch(self) -> None:
         stream = torch.cuda.current_stream(self.owner.device).cuda_stream

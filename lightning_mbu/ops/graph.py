@@ -15,36 +15,37 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from .preprocess import input_spec, validate_input_spec
+from cutlass_kernels.table import DEFAULT_ENCODING, ENCODINGS, check_encoding
+
+from .bits import WORD_BITS, channel_mask, popcount, segment_positions, words
+from .preprocess import PAD_MULTIPLE, input_spec, validate_input_spec
 
 FORMAT_NAME = "lightning-mbu-packed"
 #: 2: the input preprocessing and a checksum of every metadata field (format 1 files still load, with a warning)
 FORMAT_VERSION = 2
-WORD_BITS = 32
-ENCODINGS = ("xor", "and")
 #: bit-planes per weight mode: masked w = b+ - b- (planes 0, 1); binary b' = (w + 1) / 2
 PLANES = {"binary": 1, "masked": 2}
 
 
-def words(channels: int) -> int:
-    return -(-int(channels) // WORD_BITS)
+def gemm_shape(positions: int, cin: int, cout: int, kernel: tuple[int, int], transposed: bool, planes: int = 1,
+               window_count: bool = False) -> tuple[int, int, int]:
+    """(M, N, K) of a binary layer's implicit GEMM over bits, the one geometry of the cost model and benchmarks.
+
+    ``positions``: output pixels of a conv, input pixels of a transposed conv with stride == kernel (each
+    emits a kh x kw patch, so its taps are columns). K is the input channels padded to whole words per
+    tap; N is ``cout`` per weight plane, plus one column of ones when the AND form of a binary layer
+    counts each window's +1 inputs (``window_count``, see ``raw_thresholds``).
+    """
+    kh, kw = kernel
+    k = words(cin) * WORD_BITS
+    if transposed:
+        return positions, cout * kh * kw * planes + window_count, k
+    return positions, cout * planes + window_count, k * kh * kw
 
 
-def segment_positions(segments) -> np.ndarray:
-    """Bit position of each real channel of a tensor made of ``segments`` (each padded to 32)."""
-    starts = np.cumsum([0] + [words(c) * WORD_BITS for c in segments[:-1]])
-    return np.concatenate([s + np.arange(c) for s, c in zip(starts, segments)]).astype(np.int64)
-
-
-def channel_mask(segments) -> np.ndarray:
-    """``(words,)`` int32 words with a 1 at every real channel position (the AND form's ``m``)."""
-    bits = np.zeros(sum(words(c) for c in segments) * WORD_BITS, dtype=np.uint8)
-    bits[segment_positions(segments)] = 1
-    return np.packbits(bits, bitorder="little").view("<u4").view(np.int32)
-
-
-def popcount(a: np.ndarray, axis=None) -> np.ndarray:
-    return np.bitwise_count(a.view(np.uint32)).sum(axis=axis, dtype=np.int64)
+def window_count_column(mode: str, encoding: str) -> bool:
+    """Whether ``mode`` in ``encoding`` needs each window's popc(a' & m): the binary AND form only."""
+    return mode == "binary" and check_encoding(encoding) == "and"
 
 
 def _field(meta: dict, key: str, where: str):
@@ -103,6 +104,9 @@ class Stage:
         return cls(**kwargs)
 
     def validate(self, segs: dict[str, tuple[int, ...]]) -> None:
+        if "cin_segments" in self.META and tuple(self.cin_segments) != tuple(segs[self.src]):
+            raise ValueError(f"stage {self.name!r}: cin_segments {list(self.cin_segments)} do not match "
+                             f"its source {self.src!r}, which has {list(segs[self.src])}")
         for f, (shape, dtype) in self.tensor_specs().items():
             _check_array(getattr(self, f), shape, dtype, f"tensor {self.name}.{f}")
 
@@ -173,6 +177,12 @@ class ThresholdLayer(Stage):
     def cin_words(self) -> int:
         return sum(words(c) for c in self.cin_segments)
 
+    def gemm(self, pixels: int, encoding: str) -> tuple[int, int, int]:
+        """(M, N, K) of this layer on ``pixels`` input positions (batch x height x width) in ``encoding``."""
+        return gemm_shape(pixels, self.cin_words * WORD_BITS, self.cout_pad, (self.KERNEL, self.KERNEL),
+                          transposed=self.TAPS == 1, planes=PLANES[self.mode],
+                          window_count=window_count_column(self.mode, encoding))
+
     def tensor_specs(self):
         if self.mode not in PLANES:
             raise ValueError(f"stage {self.name!r}: weight mode {self.mode!r} has no bit-plane form "
@@ -182,9 +192,6 @@ class ThresholdLayer(Stage):
                 "theta": ((self.cout_pad,), np.int32), "direction": ((self.cout_pad,), np.int8)}
 
     def validate(self, segs):
-        if tuple(self.cin_segments) != tuple(segs[self.src]):
-            raise ValueError(f"stage {self.name!r}: cin_segments {list(self.cin_segments)} do not match "
-                             f"its source {self.src!r}, which has {list(segs[self.src])}")
         super().validate(segs)
         if not np.isin(self.direction, (-1, 1)).all():
             raise ValueError(f"tensor {self.name}.direction: values must be +1 or -1")
@@ -256,9 +263,6 @@ class FinalConv(Stage):
         return {"weight": ((self.num_classes, cin), np.float32), "bias": ((self.num_classes,), np.float32)}
 
     def validate(self, segs):
-        if tuple(self.cin_segments) != tuple(segs[self.src]):
-            raise ValueError(f"stage {self.name!r}: cin_segments {list(self.cin_segments)} do not match "
-                             f"its source {self.src!r}, which has {list(segs[self.src])}")
         super().validate(segs)
         keep = np.zeros(self.weight.shape[1], dtype=bool)
         keep[segment_positions(self.cin_segments)] = True
@@ -278,8 +282,7 @@ def raw_thresholds(stage: ThresholdLayer, encoding: str) -> tuple[np.ndarray, np
     ``popc(a'&b+) - popc(a'&b-)``; binary xor ``popc(a'^b')``; binary and ``2 popc(a'&b') - popc(a'&m)``.
     Shapes: (Cout_pad,) for a conv, (Cout_pad, 2, 2) for a transposed conv.
     """
-    if encoding not in ENCODINGS:
-        raise ValueError(f"unknown encoding {encoding!r}; valid: {', '.join(ENCODINGS)}")
+    check_encoding(encoding)
     cols = stage.column_popcount(0)
     expand = (slice(None),) + (None,) * (cols.ndim - 1)
     theta = np.broadcast_to(stage.theta.astype(np.int64)[expand], cols.shape)
@@ -304,8 +307,8 @@ class PackedNet:
     stages: list[Stage]
     model: dict = field(default_factory=dict)
     #: the preprocessing every backend applies (ops/preprocess.py): none until the exporter stores training's
-    input: dict = field(default_factory=lambda: input_spec(3, "none", 16))
-    default_encoding: str = "xor"
+    input: dict = field(default_factory=lambda: input_spec(3, "none", PAD_MULTIPLE))
+    default_encoding: str = DEFAULT_ENCODING
 
     def segments(self) -> dict[str, tuple[int, ...]]:
         """Channel segments of every stage's output; checks that each stage reads earlier ones."""
@@ -325,8 +328,7 @@ class PackedNet:
     def validate(self) -> None:
         if not self.stages:
             raise ValueError("a PackedNet needs stages")
-        if self.default_encoding not in ENCODINGS:
-            raise ValueError(f"default_encoding {self.default_encoding!r} is not one of {', '.join(ENCODINGS)}")
+        check_encoding(self.default_encoding, "default_encoding")
         segs = self.segments()
         for st in self.stages:
             st.validate(segs)

@@ -20,6 +20,8 @@ import torch.nn.functional as F
 NORMALIZATIONS = ("image", "image_per_channel", "min_max", "min_max_per_channel", "fixed", "none")
 #: albumentations' constants: ``(x - mean) / (std + EPS)`` and the result clipped to +-CLIP
 EPS, CLIP = 1e-4, 20.0
+#: input height and width are padded up to a multiple of this (four 2x2 max-pools); the U-Net pads the same way
+PAD_MULTIPLE = 16
 #: 16-bit images become float32 value / 65535, as ``data.dataset.read_image`` reads 16-bit files
 UINT16_MAX = 65535.0
 
@@ -35,7 +37,7 @@ def input_spec(channels: int, normalization: str, pad_multiple: int, train_size=
 
 def legacy_input_spec(old: dict, channels: int) -> dict:
     """A format-1 ``input`` section (size policy only) read as "the caller normalises"."""
-    return {**input_spec(channels, "none", old.get("pad_multiple", 16)), **old, "normalization": "none"}
+    return {**input_spec(channels, "none", old.get("pad_multiple", PAD_MULTIPLE)), **old, "normalization": "none"}
 
 
 def validate_input_spec(spec: dict, channels: int, pools: int) -> None:

@@ -24,12 +24,12 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from cutlass_kernels.table import DEFAULT_ENCODING, check_encoding
+
 from ..config import LAYER_NAMES, PAPER_NAMES, LayerConfig
 from ..model import MBUNet
+from ..ops.graph import gemm_shape, window_count_column
 
-#: Bits per packed word along the input-channel axis (docs/format.md).
-WORD_BITS = 32
-ENCODINGS = ("xor", "and")
 #: bit-planes a weight mode runs as: masked is b+ and b-, k-bit weights run bit-serially
 WEIGHT_PLANES = {"binary": 1, "masked": 2, "int2": 2, "int4": 4, "int8": 8}
 NORMALIZATIONS = ("max", "minmax")
@@ -56,13 +56,10 @@ class ConvCost:
     def ops(self) -> int:
         return self.mults + self.adds
 
-    def gemm(self) -> tuple[int, int, int]:
-        """(M, N, K) of the binary implicit GEMM, K padded to whole packed words per tap."""
-        kh, kw = self.kernel
-        k_words = -(-self.cin // WORD_BITS) * WORD_BITS
-        if self.transposed:  # stride == kernel: each input position emits a kh x kw patch
-            return self.in_positions, self.cout * kh * kw, k_words
-        return self.out_positions, self.cout, k_words * kh * kw
+    def gemm(self, planes: int = 1, window_count: bool = False) -> tuple[int, int, int]:
+        """(M, N, K) of the binary implicit GEMM (``ops.graph.gemm_shape``), K padded to whole words per tap."""
+        positions = self.in_positions if self.transposed else self.out_positions
+        return gemm_shape(positions, self.cin, self.cout, self.kernel, self.transposed, planes, window_count)
 
 
 @dataclass(frozen=True)
@@ -86,18 +83,16 @@ class LayerCost:
     def params(self) -> int:
         return sum(c.params for c in self.convs)
 
-    def binary_ops(self, mode: str, encoding: str = "xor") -> int:
+    def binary_ops(self, mode: str, encoding: str = DEFAULT_ENCODING) -> int:
         """Bit operations the packed backend runs for this layer in ``mode`` (see WEIGHT_PLANES)."""
-        if encoding not in ENCODINGS:
-            raise ValueError(f"unknown encoding {encoding!r}; valid: {', '.join(ENCODINGS)}")
+        check_encoding(encoding)
+        if mode not in WEIGHT_PLANES:
+            raise ValueError(f"layer {self.name}: binary op counts exist for "
+                             f"{', '.join(WEIGHT_PLANES)} weights, not {mode!r}")
         total = 0
         for conv in self.convs:
-            m, n, k = conv.gemm()
-            if mode not in WEIGHT_PLANES:
-                raise ValueError(f"layer {self.name}: binary op counts exist for "
-                                 f"{', '.join(WEIGHT_PLANES)} weights, not {mode!r}")
-            cols = n * WEIGHT_PLANES[mode] + (mode == "binary" and encoding == "and")
-            total += 2 * m * cols * k
+            m, n, k = conv.gemm(WEIGHT_PLANES[mode], window_count_column(mode, encoding))
+            total += 2 * m * n * k
         return total
 
 
@@ -185,13 +180,13 @@ class CostModel:
         return [LayerConfig.masking(order[:k]) for k in range(len(order) + 1)]
 
     # -- configs ---------------------------------------------------------------------------
-    def config_binary_ops(self, config: str | LayerConfig, encoding: str = "xor") -> int:
+    def config_binary_ops(self, config: str | LayerConfig, encoding: str = DEFAULT_ENCODING) -> int:
         """Bit operations of the 12 layers plus the stem: the part of the net the config changes."""
         config = LayerConfig.parse(config)
         stem = LayerCost("stem", (self.fixed["stem"],)).binary_ops(self.stem_mode, encoding)
         return stem + sum(self.layers[n].binary_ops(m, encoding) for n, m in config.items())
 
-    def masking_cost(self, encoding: str = "xor") -> dict[str, int]:
+    def masking_cost(self, encoding: str = DEFAULT_ENCODING) -> dict[str, int]:
         """Extra bit operations of masking each layer instead of keeping it binary."""
         return {n: self.layers[n].binary_ops("masked", encoding) - self.layers[n].binary_ops("binary", encoding)
                 for n in LAYER_NAMES}

@@ -9,6 +9,8 @@ from dataclasses import asdict, dataclass, field
 from functools import cache
 from pathlib import Path
 
+from cutlass_kernels.table import DEFAULT_ENCODING, check_encoding
+
 from ..config import DEFAULT_T, LAYER_NAMES, LayerConfig
 from .cost import CostModel
 
@@ -51,7 +53,7 @@ class SearchSettings:
     grid: bool = False  # exhaustive over ``layers`` (GridSampler) instead of the Shapley sampler
     cost_base: int = 64  # the deployed net whose cost is minimised; trials train a proxy
     cost_size: tuple[int, int] = (512, 512)
-    encoding: str = "xor"
+    encoding: str = DEFAULT_ENCODING
     w_op: float = 0.5
     prune: bool = True
     prune_percentile: float = 25.0
@@ -75,6 +77,7 @@ class SearchSettings:
         if len(self.choices) < 2:
             raise ValueError(f"search needs at least two modes per layer, got {self.choices}")
         self.background = str(LayerConfig.parse(self.background))
+        check_encoding(self.encoding, "search encoding")
         if self.budget < 1:
             raise ValueError(f"budget must be a positive number of trials, got {self.budget}")
         if self.workers < 1:

@@ -6,7 +6,7 @@ whole net is timed eagerly and as a CUDA-graph replay, next to the FP16 channels
 U-Net of the same width. A batch-consistency check (the last image of the batch run alone)
 guards the large-batch offsets. Run on the GPU machine::
 
-    python -m cutlass_kernels.benchmark --out results.json --sizes 640x959,480x640,512x512 --batch 64
+    python -m lightning_mbu.bench.kernels --out results.json --sizes 640x959,480x640,512x512 --batch 64
 """
 
 from __future__ import annotations
@@ -14,31 +14,18 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import subprocess
 from pathlib import Path
 
 import torch
 
-from lightning_mbu import MBUNet
-from lightning_mbu.export import fold, pack_folded
-from lightning_mbu.ops import cuda
-from lightning_mbu.ops.graph import BinaryConv, FinalConv, FirstConv, MaxPool
+from cutlass_kernels.table import layer_key, save_choices
 
-from .table import layer_key, save_choices
-
-
-def median_ms(fn, reps: int = 10, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return sorted(times)[len(times) // 2]
+from ..export import fold, pack_folded
+from ..model import MBUNet
+from ..ops import cuda
+from ..ops.graph import BinaryConv, FinalConv, FirstConv, MaxPool
+from .report import git_commit
+from .timing import median_ms
 
 
 def layer_ops(st, n: int, h: int, w: int) -> int:
@@ -48,19 +35,18 @@ def layer_ops(st, n: int, h: int, w: int) -> int:
     return 2 * n * h * w * 4 * st.cout * sum(st.cin_segments)
 
 
-def gemm_ops(args) -> int:
-    """Ops the tensor cores run: the GEMM over every column (both planes) and every padded channel."""
-    p = args.h + 2 * args.pad - args.r + 1
-    q = args.w + 2 * args.pad - args.s + 1
-    return 2 * args.n * p * q * args.k_cols * args.r * args.s * args.c_bits
+def gemm_ops(step: cuda.Step, encoding: str) -> int:
+    """Ops the tensor cores run: the layer's GEMM over every column (both planes) and every padded channel,
+    less the AND form's ones column (the window count, a kernel of its own timed apart)."""
+    m, n, k = step.stage.gemm(step.args.n * step.args.h * step.args.w, encoding)
+    return 2 * m * (n - step.layer.counts) * k
 
 
 def time_layers(net: cuda.CUDAPackedNet, plan, stream: int, unfused: bool) -> tuple[list, dict]:
     lib = net.lib
     rows, choices = [], {}
-    for step in (s for s in plan.steps if hasattr(s, "args")):
-        args, layer = step.args, step.layer
-        st = layer.stage
+    for step in (s for s in plan.steps if s.table_kernel):
+        args, layer, st = step.args, step.layer, step.stage
         key = layer_key(net.encoding, layer.r, args.c_bits, args.k_cols, args.h, args.w)
         timings = {}
         for spec in lib.candidates(net.encoding, args):
@@ -68,12 +54,12 @@ def time_layers(net: cuda.CUDAPackedNet, plan, stream: int, unfused: bool) -> tu
             timings[spec.name] = median_ms(lambda: cuda._check(fn(args, stream), spec.name))
         best = min(timings, key=timings.get)
         choices[key] = best
-        count_ms = median_ms(lambda: step.count_step(stream)) if step.count_step else 0.0
+        count_ms = median_ms(lambda: step.window_count(stream)) if step.window_count else 0.0
         ops = layer_ops(st, args.n, args.h, args.w)
         row = {"stage": st.name, "kind": st.kind, "mode": st.mode, "in_hw": [args.h, args.w],
                "cin": sum(st.cin_segments), "cout": st.cout, "c_bits": args.c_bits, "k_cols": args.k_cols,
                "kernel": best, "ms": timings[best], "window_count_ms": count_ms,
-               "tops": ops / timings[best] / 1e9, "gemm_tops": gemm_ops(args) / timings[best] / 1e9,
+               "tops": ops / timings[best] / 1e9, "gemm_tops": gemm_ops(step, net.encoding) / timings[best] / 1e9,
                "candidates_ms": timings}
         acc_bytes = args.n * args.h * args.w * args.k_cols * 4
         if unfused and acc_bytes < (1 << 31):  # CUTLASS's own int32 epilogue, for the fusion's gain
@@ -102,14 +88,7 @@ def fp16_baseline_ms(base: int, shape) -> float:
     model = MBUNet(None, base=base).cuda().half().to(memory_format=torch.channels_last).eval()
     x = torch.randn(shape, device="cuda", dtype=torch.half).to(memory_format=torch.channels_last)
     with torch.no_grad():
-        return median_ms(lambda: model(x), reps=5, warmup=2)
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+        return median_ms(lambda: model(x), repeats=5, warmup=2)
 
 
 def main(argv=None) -> int:
@@ -122,7 +101,7 @@ def main(argv=None) -> int:
     p.add_argument("--reps", type=int, default=20)
     p.add_argument("--save-choices", action="store_true", help="write the measured choices into kernels.json")
     p.add_argument("--no-fp16", action="store_true")
-    p.add_argument("--commit", default=None, help="the commit measured (default: git rev-parse HEAD here)")
+    p.add_argument("--commit", default=None, help="the commit measured (default: git describe of this checkout)")
     args = p.parse_args(argv)
 
     torch.manual_seed(0)
@@ -131,7 +110,8 @@ def main(argv=None) -> int:
     stream = torch.cuda.current_stream().cuda_stream
     props = torch.cuda.get_device_properties(0)
     report = {"card": props.name, "sm": net.cc, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-              "commit": args.commit or git_commit(), "torch": torch.__version__, "cuda": torch.version.cuda,
+              "commit": args.commit or git_commit(Path(__file__).resolve().parent), "torch": torch.__version__,
+              "cuda": torch.version.cuda,
               "config": args.config, "base": args.base, "batch": args.batch, "encoding": net.encoding, "sizes": {}}
     all_choices = {}
     for size in args.sizes.split(","):
@@ -150,8 +130,8 @@ def main(argv=None) -> int:
         assert all(plan.choices[r["stage"]].name == r["kernel"] for r in layers)
         others = time_other_stages(net, plan, stream)
         with torch.no_grad():
-            eager = median_ms(lambda: net.run(x), reps=args.reps)
-            graph = median_ms(lambda: net(x), reps=args.reps)
+            eager = median_ms(lambda: net.run(x), repeats=args.reps)
+            graph = median_ms(lambda: net(x), repeats=args.reps)
             # the last image alone must give the same logits as inside the batch (large-offset check)
             full = net(x)
             alone = cuda.build(packed)(x[-1:])

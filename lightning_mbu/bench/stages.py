@@ -8,7 +8,7 @@ both planes; or GB/s of compulsory traffic: each input read once, each output wr
 and whether the new kernel's output equals the old one's bit for bit on the same random input
 (the old kernels are the bit-exact baseline of tests/test_cuda_backend.py). Run on the GPU::
 
-    python -m cutlass_kernels.stage_bench --batch 64,1 --json stages.json
+    python -m lightning_mbu.bench.stages --batch 64,1 --json stages.json
 """
 
 from __future__ import annotations
@@ -16,34 +16,23 @@ from __future__ import annotations
 import argparse
 import ctypes
 import json
-import statistics
 
 import numpy as np
 import torch
 
-from lightning_mbu.ops import cuda
-from lightning_mbu.ops.graph import TConvConcat, words
+from cutlass_kernels.table import layer_key
 
-from .table import layer_key
-
-
-def median_ms(fn, reps: int, warmup: int = 3) -> float:
-    for _ in range(warmup):
-        fn()
-    pairs = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(reps)]
-    for start, end in pairs:
-        start.record()
-        fn()
-        end.record()
-    torch.cuda.synchronize()
-    return statistics.median(s.elapsed_time(e) for s, e in pairs)
+from ..ops import cuda
+from ..ops.bits import pack_bits, words
+from ..ops.graph import TConvConcat
+from .timing import median_ms
 
 
 def random_tconv(rng, mode: str, cin: int, cout: int) -> TConvConcat:
     """A transposed conv with random planes and thresholds near the middle of the accumulator range."""
     w = rng.integers(-1, 2, (cout, 2, 2, cin)) if mode == "masked" else rng.choice([-1, 1], (cout, 2, 2, cin))
     planes = [w > 0, w < 0] if mode == "masked" else [w > 0]
-    packed = np.stack([np.packbits(p, axis=-1, bitorder="little").view("<u4").view(np.int32) for p in planes])
+    packed = np.stack([pack_bits(p, (cin,)) for p in planes])
     spread = int(np.sqrt(cin)) + 1
     return TConvConcat("up", "src", skip="skip", mode=mode, cin_segments=(cin,), cout=cout, planes=packed,
                        theta=rng.integers(-spread, spread + 1, cout).astype(np.int32),
@@ -82,14 +71,14 @@ class Bench:
                     cuda._check(self.lib.lib.mbu_first_conv(x.data_ptr(), n, 3, h, w, 0.0, weight.data_ptr(),
                                                             scale.data_ptr(), shift.data_ptr(), 2, out_old.data_ptr(),
                                                             self.stream), "mbu_first_conv")
-                ms = median_ms(old, self.reps)
+                ms = median_ms(old, self.reps, warmup=3)
                 self.add("first_conv", "old f32 SIMT", n, ms, gbs=gb / ms * 1e3)
 
             def new():
                 cuda._check(self.lib.lib.mbu_first_conv_tc(x.data_ptr(), int(dtype == torch.float16), n, 3, h, w,
                                                            0.0, weight.data_ptr(), scale.data_ptr(), shift.data_ptr(),
                                                            2, out_new.data_ptr(), self.stream), "mbu_first_conv_tc")
-            ms = median_ms(new, self.reps)
+            ms = median_ms(new, self.reps, warmup=3)
             if dtype == torch.float32:
                 old()
                 # the two round differently: count words that differ (outputs within ~1e-6 of 0 may flip)
@@ -127,7 +116,7 @@ class Bench:
 
         ops = 2 * n * h * w * args[0].k_cols * args[0].c_bits
         gb = (x.numel() * 4 + n * 4 * h * w * words(cout) * 4) / 1e9
-        ms_old, ms_new = median_ms(old, self.reps), median_ms(new, self.reps)
+        ms_old, ms_new = median_ms(old, self.reps, warmup=3), median_ms(new, self.reps, warmup=3)
         torch.cuda.synchronize()
         same = bool(torch.equal(bufs[0], bufs[1]))
         label = f"{name} {mode} {cin}->{cout} @{h}x{w}"
@@ -143,7 +132,7 @@ class Bench:
         gb = (n * h * w * cw * 4 + outs[0].numel() * 4) / 1e9
         for variant, (fn, out) in fns.items():
             ms = median_ms(lambda: cuda._check(fn(buf.data_ptr(), 2 * cw, 0, n, h, w, cw, out.data_ptr(),
-                                                  self.stream), variant), self.reps)
+                                                  self.stream), variant), self.reps, warmup=3)
             same = bool(torch.equal(outs[0], outs[1])) if variant.startswith("new") else None
             self.add(f"{name} {channels}ch @{h}x{w}", variant, n, ms, gbs=gb / ms * 1e3, same=same)
 

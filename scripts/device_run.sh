@@ -22,4 +22,4 @@ cuobjdump -sass "$lib" | grep -o 'BMMA\.[A-Z0-9.]*' | sort | uniq -c | tee "$OUT
 
 timeout 200 python3 -m pytest -q -rs tests/test_cuda_backend.py tests/test_cutlass_compile.py 2>&1 \
   | tee "$OUT/pytest.log" | tail -40
-timeout 330 python3 -m cutlass_kernels.benchmark --out "$OUT/benchmark.json" "$@" 2>&1 | tee "$OUT/bench.log"
+timeout 330 python3 -m lightning_mbu.bench.kernels --out "$OUT/benchmark.json" "$@" 2>&1 | tee "$OUT/bench.log"

@@ -17,8 +17,8 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from ..ops.graph import FORMAT_NAME, FORMAT_VERSION, PackedNet
-from ..ops.preprocess import legacy_input_spec
+from .graph import FORMAT_NAME, FORMAT_VERSION, PackedNet
+from .preprocess import legacy_input_spec
 
 #: the safetensors metadata key holding the JSON document
 META_KEY = "lightning_mbu"

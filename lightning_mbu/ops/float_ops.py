@@ -1,0 +1,17 @@
+"""The two float layers of a packed net, in torch: shared by the CPU engine and the export's folded net."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def first_conv_float(x, weight, scale, shift, pad_value: float) -> torch.Tensor:
+    """The float first layer: 3x3 conv, folded batch-norm ``z * scale + shift``, sign as a bool (+1)."""
+    z = F.conv2d(F.pad(x, (1, 1, 1, 1), value=pad_value), weight)
+    return z * scale[:, None, None] + shift[:, None, None] >= 0
+
+
+def final_conv_float(pm1, weight, bias) -> torch.Tensor:
+    """The float 1x1 conv from +-1 activations ``(N, C, H, W)`` to logits."""
+    return F.conv2d(pm1, weight[:, :, None, None], bias)
