@@ -85,18 +85,6 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     return Checkpoint(path, dict(ckpt["hyper_parameters"]), weights, dict(data) if isinstance(data, dict) else {})
 
 
-def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
-    """(hyper-parameters, the ``net.*`` weights without the prefix) of a SegmentationModule checkpoint."""
-    ckpt = load_checkpoint(path)
-    return ckpt.hparams, ckpt.weights
-
-
-def read_data_hparams(path: str | os.PathLike) -> dict:
-    """The SegmentationDataModule hyper-parameters a Lightning checkpoint recorded (normalization, size, ...);
-    ``{}`` when it was trained without one."""
-    return load_checkpoint(path).data_hparams
-
-
 def load_module(ckpt: Checkpoint):
     """The SegmentationModule of a checkpoint read by ``load_checkpoint``, in eval mode, on the CPU."""
     from .module import SegmentationModule
