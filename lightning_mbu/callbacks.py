@@ -19,6 +19,7 @@ from lightning.pytorch.callbacks import Callback
 
 from .config import LayerConfig, QuantSpec
 from .model import MBUNet
+from .quant import SIGN_GRADIENTS, set_sign_gradient_
 
 
 # Schedules are partials of module-level functions, not closures, so that the callback
@@ -73,6 +74,8 @@ class MBUCallback(Callback):
         mask_schedule: "constant", "linear", "cosine", or a callable ``epoch -> t``.
         warmup_epochs: epochs of the linear/cosine ramp from t=0 (binary-like) to the spec's ``t``.
         log_weight_stats: log the -1/0/+1 fraction of each masked layer every epoch.
+        sign_gradient: backward of the binary activations, "ste" (hard-tanh) or "approx" (ApproxSign,
+            2 - 2|x|); the forward, and so the exported net, is the same.
     """
 
     def __init__(
@@ -81,7 +84,11 @@ class MBUCallback(Callback):
         mask_schedule: str | Callable[[int], float] = "constant",
         warmup_epochs: int = 0,
         log_weight_stats: bool = True,
+        sign_gradient: str = "ste",
     ):
+        if sign_gradient not in SIGN_GRADIENTS:
+            raise ValueError(f"unknown sign_gradient {sign_gradient!r}; valid: {', '.join(SIGN_GRADIENTS)}")
+        self.sign_gradient = sign_gradient
         if not callable(mask_schedule) and mask_schedule not in MASK_SCHEDULES:
             raise ValueError(
                 f"unknown mask_schedule {mask_schedule!r}; valid: {', '.join(MASK_SCHEDULES)} or a callable"
@@ -124,6 +131,7 @@ class MBUCallback(Callback):
         if self.t is None:
             self.t = float(self._schedule(0))
         net.quantize_(self.quant)
+        set_sign_gradient_(net, self.sign_gradient)
         self._apply_t(pl_module, self.t)
         # so that load_from_checkpoint rebuilds the quantized net this callback trained
         hparams = getattr(pl_module, "hparams", None)

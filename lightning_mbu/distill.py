@@ -1,23 +1,28 @@
-"""Gap-closing options for quantized nets: start from a trained full-precision net, learn from it.
+"""Learning from a trained full-precision net: its weights as the start, its outputs as soft targets.
 
 - ``load_fp_weights(net, checkpoint)``: copy a full-precision SegmentationModule checkpoint's
   weights (convs and batch-norms) into an MBUNet of the same width, before or after it is
   quantized. Only the masked quantizers' threshold buffers may be absent from the source.
-- ``DistillationModule``: a SegmentationModule whose training loss adds a pixel-wise
-  distillation term, BCE(student / T, sigmoid(teacher / T)) * T^2, from a frozen
-  full-precision teacher. It trains with MBUCallback like any SegmentationModule.
+- ``load_teacher(checkpoint)``: the frozen full-precision MBUNet of a checkpoint.
+- ``distillation_loss``: pixel-wise BCE(student / T, sigmoid(teacher / T)) * T^2 on the logits.
+- ``FeatureTaps`` + ``feature_distillation_loss``: the same soft-target BCE on every activation's
+  input (the batch-norm output a binary net thresholds), so the student's +1/-1 follows where the
+  teacher's ReLU is on/off. Costs a second set of saved activations per step.
+
+``SegmentationModule(teacher=...)`` uses them; nothing here changes what a trained net computes,
+so export folds a distilled net into the same integer thresholds as any other.
 """
 
 from __future__ import annotations
 
 import os
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 
 from .checkpoint import NET_KEYS, Checkpoint, load_checkpoint
 from .model import MBUNet
-from .module import SegmentationModule
 
 
 def read_fp_checkpoint(path: str | os.PathLike) -> Checkpoint:
@@ -57,42 +62,28 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature:
     return F.binary_cross_entropy_with_logits(student / t, torch.sigmoid(teacher / t)) * t * t
 
 
-class DistillationModule(SegmentationModule):
-    """SegmentationModule + distillation from a full-precision teacher checkpoint.
+class FeatureTaps:
+    """Forward pre-hooks keeping the input of every activation of a net (its pre-activation features).
 
-    Args:
-        teacher: path of a full-precision SegmentationModule checkpoint.
-        kd_weight: weight of the distillation term added to the task loss (BCE + Dice).
-        kd_temperature: temperature T of the soft targets.
-        init_from_teacher: start the student from the teacher's weights (same width needed).
-        **kwargs: SegmentationModule arguments (quant, base, lr, ...).
+    The taps hold the modules present when they are made: make them after the net is quantized.
     """
 
-    def __init__(self, teacher: str, kd_weight: float = 1.0, kd_temperature: float = 1.0,
-                 init_from_teacher: bool = True, **kwargs):
-        super().__init__(**kwargs)
-        if kd_weight < 0 or kd_temperature <= 0:
-            raise ValueError(f"kd_weight must be >= 0 and kd_temperature > 0, got {kd_weight}, {kd_temperature}")
-        if init_from_teacher:
-            load_fp_weights(self.net, teacher)
-        # a tuple keeps the teacher out of parameters(), state_dict() and checkpoints
-        self._teacher = (load_teacher(teacher),)
+    def __init__(self, net: MBUNet):
+        self.features: dict[str, torch.Tensor] = {}
+        self._handles = [m.register_forward_pre_hook(partial(self._keep, name)) for name, m in net.activations()]
 
-    @property
-    def teacher(self) -> MBUNet:
-        return self._teacher[0]
+    def _keep(self, name, module, inputs):
+        self.features[name] = inputs[0]
 
-    def on_fit_start(self) -> None:
-        self.teacher.to(self.device)
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self.features.clear()
 
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        logits = self(x)
-        with torch.no_grad():
-            target = self.teacher(x)
-        task = self.loss(logits, y)
-        kd = distillation_loss(logits.float(), target.float(), self.hparams.kd_temperature)
-        loss = task + self.hparams.kd_weight * kd
-        self.log_dict({"train/loss": loss, "train/kd": kd}, on_step=True, on_epoch=True, prog_bar=True,
-                      batch_size=len(x))
-        return loss
+
+def feature_distillation_loss(student: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean over layers of the soft-target BCE of the student's pre-activations against the teacher's."""
+    missing = sorted(set(teacher) - set(student))
+    if missing:
+        raise ValueError(f"feature distillation: the student has no activation {missing[0]}")
+    return torch.stack([distillation_loss(student[k].float(), teacher[k].float()) for k in teacher]).mean()

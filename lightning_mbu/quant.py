@@ -153,6 +153,20 @@ def get_weight_quantizer(spec: str | WeightQuantizer | None, **kwargs) -> Weight
     return WEIGHT_QUANTIZERS[spec](**kwargs)
 
 
+class _ApproxSign(torch.autograd.Function):
+    """sign(x) with sign(0) = +1; gradient 2 - 2|x| on |x| < 1 (Bi-Real Net's ApproxSign, a triangle)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return torch.where(x >= 0, torch.ones_like(x), -torch.ones_like(x))
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return grad * (2 - 2 * x.abs()).clamp_min(0).to(grad.dtype)
+
+
 class SignActivation(nn.Module):
     """Binary activation {-1, +1} with the hard-tanh straight-through gradient."""
 
@@ -160,7 +174,31 @@ class SignActivation(nn.Module):
         return sign_ste(x)
 
 
+class ApproxSign(SignActivation):
+    """Binary activation with the ApproxSign gradient: the same forward, so export folds it unchanged.
+
+    A SignActivation, so ``MBUNet.quantize_`` keeps it in place.
+    """
+
+    def forward(self, x):
+        return _ApproxSign.apply(x)
+
+
 ACTIVATIONS = {"sign": SignActivation, "relu": lambda: nn.ReLU(inplace=True)}
+#: the backward pass of a binary activation: hard-tanh straight-through ("ste") or ApproxSign ("approx")
+SIGN_GRADIENTS = {"ste": SignActivation, "approx": ApproxSign}
+
+
+def set_sign_gradient_(net: nn.Module, name: str) -> nn.Module:
+    """Give every binary activation inside ``net`` the sign gradient ``name`` (in place; forward unchanged)."""
+    if name not in SIGN_GRADIENTS:
+        raise ValueError(f"unknown sign gradient {name!r}; valid: {', '.join(SIGN_GRADIENTS)}")
+    cls = SIGN_GRADIENTS[name]
+    for module_name, module in list(net.named_modules()):
+        if module_name and isinstance(module, SignActivation) and type(module) is not cls:
+            parent, _, attr = module_name.rpartition(".")
+            setattr(net.get_submodule(parent) if parent else net, attr, cls())
+    return net
 
 
 def get_activation(spec: str | nn.Module) -> nn.Module:

@@ -12,7 +12,7 @@ from lightning_mbu.cli import main
 
 ARGS = ["train", "--size", "32", "--base", "4", "--max-epochs", "500", "--limit-train-batches", "2",
         "--limit-val-batches", "1", "--limit-test-batches", "1", "--no-progress-bar", "--accelerator", "cpu",
-        "--devices", "1", "--logger", "csv"]
+        "--devices", "1", "--logger", "csv", "--teacher-epochs", "1"]
 
 
 def rows(metrics_csv):
@@ -43,7 +43,9 @@ def test_interrupt_then_resume_continues_the_run(tmp_path, monkeypatch):
     assert lines, out + err
     resume = shlex.split(lines[-1])
     assert resume[resume.index("--ckpt-path") + 1] == str(last)
-    assert resume[1:resume.index("--ckpt-path")] == [*ARGS, "--default-root-dir", str(root)]
+    # the automatic teacher is trained once: the resumed run distils from the same checkpoint
+    (teacher,) = (root / "lightning_logs" / "fp" / "version_0" / "checkpoints").glob("best-*.ckpt")
+    assert resume[1:resume.index("--ckpt-path")] == [*ARGS, "--default-root-dir", str(root), "--teacher", str(teacher)]
 
     before = val_epochs(run_dir / "metrics.csv")
     best_before = max(float(r["val/dice"]) for r in rows(run_dir / "metrics.csv") if r.get("val/dice"))

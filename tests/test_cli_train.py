@@ -64,6 +64,70 @@ def test_full_precision_run_then_quantized_run_initialised_from_it(tmp_path):
     assert q["base"] == 4 and q["config"] == "BBBBMMBBBBBB"
 
 
+def _net_keys_only(ckpt_path):
+    import torch
+
+    saved = torch.load(ckpt_path, weights_only=True)
+    assert all(k.startswith(("net.", "val_metrics", "test_metrics")) for k in saved["state_dict"]), "teacher saved"
+    assert "teacher" not in saved["hyper_parameters"]
+    return saved
+
+
+def test_quantized_train_without_teacher_trains_one_first_and_distils_from_it(tmp_path, capsys):
+    from test_packed_engine import assert_engine_matches_reference
+
+    from lightning_mbu.checkpoint import load_checkpoint
+
+    res = train(tmp_path, "--max-epochs", "4", name="auto")
+    out = capsys.readouterr().out
+    assert "no --teacher given: training the full-precision teacher first (2 epochs, base 4)" in out
+    teacher = res["teacher"]
+    assert teacher["trained_here"] and teacher["epochs"] == 2 and 0 <= teacher["test"]["dice"] <= 1
+    assert f"{tmp_path / 'auto'}/lightning_logs/fp/version_0/checkpoints/" in teacher["checkpoint"]
+    assert load_checkpoint(teacher["checkpoint"]).quant.config is None  # the teacher is full precision
+    assert res["config"] == "BBBBMMMMBBBB" and res["epochs"] == 4
+    assert res["recipe"] == {"teacher": teacher["checkpoint"], "init": "teacher", "kd_weight": 1.0,
+                             "feature_kd_weight": 0.0, "sign_gradient": "approx", "mask_schedule": "linear",
+                             "warmup_epochs": 1}
+    with open(next((tmp_path / "auto" / "lightning_logs" / "BBBBMMMMBBBB").rglob("metrics.csv"))) as f:
+        rows = list(csv.DictReader(f))
+    assert {"train/kd_epoch", "train/loss_epoch"} <= set(rows[0])
+    assert [float(r["mbu/t"]) for r in rows if r.get("mbu/t")] == [0.0, 0.5, 0.5, 0.5]  # the linear warm-up
+    _net_keys_only(res["best_checkpoint"])
+    # what export reads is the student alone, and it packs bit-exactly
+    import torch
+
+    assert_engine_matches_reference(load_checkpoint(res["best_checkpoint"]).net(), torch.randn(2, 3, 32, 48), "xor")
+
+
+def test_train_with_a_given_teacher_and_from_scratch(tmp_path, capsys):
+    fp = train(tmp_path, "--config", "fp", name="fp")
+    assert "teacher" not in fp and "recipe" not in fp
+    args = [a for a in QUICK if a not in ("--base", "4")]  # the width comes from the teacher
+    out = tmp_path / "t.json"
+    assert main(["train", *args, "--teacher", fp["last_checkpoint"], "--sign-gradient", "ste",
+                 "--default-root-dir", str(tmp_path / "t"), "--output", str(out)]) == 0
+    given = json.loads(out.read_text())
+    assert "training the full-precision teacher" not in capsys.readouterr().out
+    assert not (tmp_path / "t" / "lightning_logs" / "fp").exists()
+    assert given["base"] == 4 and given["teacher"] == {"checkpoint": fp["last_checkpoint"], "trained_here": False}
+    assert given["recipe"]["teacher"] == fp["last_checkpoint"] and given["recipe"]["sign_gradient"] == "ste"
+    _net_keys_only(given["last_checkpoint"])
+
+    scratch = train(tmp_path, "--from-scratch", name="scratch")
+    assert "teacher" not in scratch and not (tmp_path / "scratch" / "lightning_logs" / "fp").exists()
+    assert scratch["recipe"] == {"teacher": None, "init": "random", "kd_weight": 0.0, "feature_kd_weight": 0.0,
+                                 "sign_gradient": "ste", "mask_schedule": "constant", "warmup_epochs": 0}
+
+
+def test_teacher_errors_are_clean(tmp_path, capsys):
+    q = train(tmp_path, "--from-scratch", name="q")
+    assert main(["train", *QUICK, "--teacher", q["last_checkpoint"]]) == 2
+    assert "the teacher must be full precision" in capsys.readouterr().err
+    assert main(["train", *QUICK, "--teacher", q["last_checkpoint"], "--from-scratch"]) == 2
+    assert "--teacher cannot be combined with --from-scratch" in capsys.readouterr().err
+
+
 def test_trainer_flags_pass_through(tmp_path):
     args = build_parser().parse_args(
         ["train", "--accelerator", "cpu", "--devices", "1", "--precision", "bf16-mixed", "--max-epochs", "3",

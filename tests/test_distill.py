@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from lightning_mbu.callbacks import MBUCallback
-from lightning_mbu.distill import DistillationModule, distillation_loss, load_fp_weights
+from lightning_mbu.distill import distillation_loss, load_fp_weights
 from lightning_mbu.config import QuantSpec
 from lightning_mbu.model import MBUNet
 from lightning_mbu.module import SegmentationModule
@@ -52,7 +52,7 @@ def test_distillation_loss_is_soft_target_bce():
 
 
 def test_distillation_trains_the_student_only(fp_ckpt):
-    module = DistillationModule(teacher=str(fp_ckpt), kd_weight=0.5, quant="BBBBMMMMBBBB", base=4, lr=1e-2)
+    module = SegmentationModule("BBBBMMMMBBBB", teacher=str(fp_ckpt), kd_weight=0.5, base=4, lr=1e-2)
     assert not any(k.startswith("teacher") or "_teacher" in k for k in module.state_dict())
     assert sum(p.numel() for p in module.parameters()) == sum(p.numel() for p in module.net.parameters())
     teacher_before = {k: v.clone() for k, v in module.teacher.state_dict().items()}

@@ -50,14 +50,27 @@ def add_parser(subparsers) -> None:
                    help="Optuna storage URL (sqlite:///f.db, postgresql+psycopg2://user:pw@host/db, journal:f.log); "
                         "default sqlite file in --out")
     s.add_argument("--study-name", default="mbu-search", help="Optuna study name in the storage")
-    s.add_argument("--workers", type=int, default=1, help="worker processes on the storage (one per GPU)")
+    s.add_argument("--workers", type=int, default=1,
+                   help="worker processes on the storage, spread round-robin over the visible GPUs")
+    s.add_argument("--workers-per-gpu", type=int, default=None, metavar="N",
+                   help="N worker processes on every visible GPU, or N on the CPU without one (overrides --workers; "
+                        "default: use --workers)")
     s.add_argument("--epochs-per-trial", type=int, default=4, help="training epochs of each trial")
     s.add_argument("--train-batches", type=float, default=5,
                    help="batches per training epoch (a fraction <= 1.0 means a share of the data)")
     s.add_argument("--val-batches", type=float, default=1.0, help="validation batches (fraction <= 1.0: share)")
     s.add_argument("--batch-size", type=int, default=4, help="trial batch size")
-    s.add_argument("--base", type=int, default=8, help="U-Net base width of the trained trials (default 8)")
-    s.add_argument("--lr", type=float, default=3e-3, help="trial learning rate (default 3e-3, for short trials)")
+    s.add_argument("--base", type=int, default=None,
+                   help="U-Net base width of the trained trials (default: the teacher's, else 8)")
+    s.add_argument("--lr", type=float, default=None,
+                   help="trial learning rate (default 3e-3 from random weights, 1e-3 from a teacher)")
+    s.add_argument("--teacher", default=None, metavar="CKPT",
+                   help="a trained full-precision checkpoint: each trial is a short fine-tune from its weights, "
+                        "distilled from it (ApproxSign, as `train` does); default: trials from random weights")
+    s.add_argument("--kd-weight", type=float, default=1.0, help="weight of the logit distillation term (--teacher)")
+    s.add_argument("--warmup-epochs", type=int, default=0, help="epochs of a linear ramp of t in each trial")
+    s.add_argument("--precision", default=None, help="trial precision, e.g. bf16-mixed (default 32-true)")
+    s.add_argument("--num-workers", type=int, default=0, help="DataLoader workers of each search worker")
     s.add_argument("--augment", action="store_true",
                    help="augment trial training data (off by default: all configs see the same batches)")
     s.add_argument("--accelerator", default="auto", help="Lightning accelerator of the trials")
@@ -137,6 +150,20 @@ def run_search_command(args: argparse.Namespace) -> int:
     from ..search.study import run_search
     from ..search.summary import format_summary, summarize, write_summary
 
+    if args.workers_per_gpu is not None:
+        import torch
+
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        args.workers = args.workers_per_gpu * max(1, gpus)
+    base = args.base
+    if base is None:
+        if args.teacher is not None:
+            from ..distill import read_fp_checkpoint
+
+            base = read_fp_checkpoint(args.teacher).hparams.get("base", 64)
+        else:
+            base = 8
+    lr = args.lr if args.lr is not None else (1e-3 if args.teacher else 3e-3)
     by_paper = {v.lower(): k for k, v in PAPER_NAMES.items()}  # Up-CT4 and up_ct4 both work
     layers = LAYER_NAMES if args.layers == "all" else tuple(
         by_paper.get(n.strip().lower(), n.strip()) for n in args.layers.split(",") if n.strip())
@@ -147,11 +174,12 @@ def run_search_command(args: argparse.Namespace) -> int:
         cost_size=parse_size(args.cost_size), encoding=args.encoding, w_op=args.w_op, prune=not args.no_prune,
         workers=args.workers, heartbeat_interval=args.heartbeat, grace_period=args.grace, seed=args.seed,
         trial=TrialSettings(
-            data_root=args.data, layout=args.layout, size=parse_size(args.size), base=args.base,
+            data_root=args.data, layout=args.layout, size=parse_size(args.size), base=base,
             batch_size=args.batch_size, epochs=args.epochs_per_trial,
             limit_train_batches=_batches(args.train_batches), limit_val_batches=_batches(args.val_batches),
-            lr=args.lr, augment=args.augment, seed=args.seed, accelerator=args.accelerator,
-            threads=args.threads,
+            lr=lr, augment=args.augment, seed=args.seed, accelerator=args.accelerator, precision=args.precision,
+            num_workers=args.num_workers, threads=args.threads, teacher=args.teacher, kd_weight=args.kd_weight,
+            sign_gradient="approx" if args.teacher else "ste", warmup_epochs=args.warmup_epochs,
         ),
     )
     if args.data is not None and not Path(args.data).exists():

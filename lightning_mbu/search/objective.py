@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import socket
 import time
+from functools import cached_property
 
 import optuna
 from optuna.trial import TrialState
@@ -42,6 +43,28 @@ class MBUObjective:
         self.rule = (CheaperPercentileRule(settings.prune_percentile, settings.prune_startup,
                                            n_warmup_epochs=max(1, settings.trial.epochs // 2))
                      if settings.prune and not settings.grid else None)
+        self._datamodule = None
+
+    @cached_property
+    def teacher(self):
+        """The frozen full-precision net every trial starts from and distils from (None: random init)."""
+        if self.settings.trial.teacher is None:
+            return None
+        from ..distill import load_teacher
+
+        return load_teacher(self.settings.trial.teacher)
+
+    def datamodule(self):
+        """One data module per worker process: its samples are checked and split once, not per trial."""
+        if self._datamodule is None:
+            from ..data import SegmentationDataModule
+
+            ts = self.settings.trial
+            data_kwargs = {"layout": ts.layout} if ts.layout else {}
+            self._datamodule = SegmentationDataModule(data_root=ts.data_root, size=ts.size, batch_size=ts.batch_size,
+                                                      num_workers=ts.num_workers, seed=ts.seed, augment=ts.augment,
+                                                      **data_kwargs)
+        return self._datamodule
 
     def _is_surplus(self, trial: optuna.Trial) -> bool:
         others = trial.study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))
@@ -62,7 +85,6 @@ class MBUObjective:
         import lightning.pytorch as pl  # heavy: loaded in the process that trains
 
         from ..callbacks import MBUCallback
-        from ..data import SegmentationDataModule
         from ..module import SegmentationModule
 
         if self._is_surplus(trial):
@@ -82,19 +104,19 @@ class MBUObjective:
         trial.set_user_attr("worker", _worker_label())
 
         pl.seed_everything(ts.seed, workers=True, verbose=False)  # same init and data order for every config
-        data_kwargs = {"layout": ts.layout} if ts.layout else {}
-        datamodule = SegmentationDataModule(data_root=ts.data_root, size=ts.size, batch_size=ts.batch_size,
-                                            num_workers=ts.num_workers, seed=ts.seed, augment=ts.augment,
-                                            **data_kwargs)
-        module = SegmentationModule(QuantSpec(config, t=ts.t), base=ts.base, lr=ts.lr)
+        module = SegmentationModule(QuantSpec(config, t=ts.t), base=ts.base, lr=ts.lr, teacher=self.teacher,
+                                    kd_weight=ts.kd_weight)
         reporter = DiceReporter(trial, cost, None if trial.user_attrs.get("cost_aware_k") is not None else self.rule)
+        schedule = MBUCallback(log_weight_stats=False, sign_gradient=ts.sign_gradient,  # the module's own spec
+                               mask_schedule="linear" if ts.warmup_epochs else "constant",
+                               warmup_epochs=ts.warmup_epochs)
         trainer = pl.Trainer(
-            max_epochs=ts.epochs, accelerator=ts.accelerator, devices=1, logger=False,
+            max_epochs=ts.epochs, accelerator=ts.accelerator, devices=1, precision=ts.precision, logger=False,
             enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
             num_sanity_val_steps=0, limit_train_batches=ts.limit_train_batches,
-            limit_val_batches=ts.limit_val_batches,
-            callbacks=[MBUCallback(log_weight_stats=False), reporter],  # schedules the module's spec
+            limit_val_batches=ts.limit_val_batches, callbacks=[schedule, reporter],
         )
+        datamodule = self.datamodule()
         start = time.perf_counter()
         trainer.fit(module, datamodule=datamodule)
         trial.set_user_attr("train_seconds", time.perf_counter() - start)

@@ -35,8 +35,24 @@ class TrialSettings:
     augment: bool = False  # off: every config then sees the same batches (seeded), so Dice differences are the config's
     seed: int = 0
     accelerator: str = "auto"
+    precision: str | None = None  # Lightning's precision flag, e.g. "bf16-mixed" (None: 32-true)
     num_workers: int = 0
     threads: int = 1  # torch CPU threads per worker: tiny trial nets run fastest on one, more contend
+    #: a full-precision checkpoint: every trial starts from its weights and distils from it (the training
+    #: recipe of ``lightning-mbu train``); None: every trial trains from random weights
+    teacher: str | None = None
+    kd_weight: float = 1.0
+    sign_gradient: str = "approx"  # with a teacher; from random weights the hard-tanh STE ("ste")
+    warmup_epochs: int = 0  # linear ramp of t from 0 over the trial's first epochs
+
+    def __post_init__(self):
+        if self.teacher is not None:
+            from ..distill import read_fp_checkpoint
+
+            base = read_fp_checkpoint(self.teacher).hparams.get("base", self.base)
+            if base != self.base:
+                raise ValueError(f"teacher {self.teacher} has base {base}, but the trials' base is {self.base}; "
+                                 "trials start from the teacher's weights, so the widths must match")
 
 
 @dataclass
