@@ -31,7 +31,7 @@ from .table import KernelSpec, KernelTable
 SRC_DIR = Path(__file__).with_name("src")
 NVCC_FLAGS = ["-std=c++17", "-O3", "-DNDEBUG", "--expt-relaxed-constexpr", "-Xcompiler", "-fPIC"]
 #: hand-written sources compiled next to the generated kernels
-HAND_WRITTEN = ("bitops.cu", "first_conv.cu", "tconv.cu", "pool.cu")
+HAND_WRITTEN = ("bitops.cu", "first_conv.cu", "tconv.cu", "pool.cu", "bconv_taps.cu")
 LIBRARY_NAME = "libmbu_kernels.so"
 #: a prebuilt kernel library to load instead of the cache (e.g. shipped in a deployment image)
 PREBUILT_ENV = "LIGHTNING_MBU_KERNELS"

@@ -50,3 +50,9 @@ MBU_EXPORT int mbu_first_conv_tc(void const* x, int x_half, int n, int cin, int 
 // 2x2 bit max-pool of a slice (`offset`, `words` of `stride` words per pixel) with vector loads.
 MBU_EXPORT int mbu_max_pool_vec(uint32_t const* in, int64_t stride, int offset, int n, int h, int w, int words,
                                 uint32_t* out, void* stream);
+
+// The 3x3 binary conv (r = s = 3, pad = 1, scatter = 0) with K packed across taps, both planes in
+// one GEMM (bconv_taps.cu), AND encoding, sm_80+. mbu_bconv_taps_counted: planes = 1 with the
+// window count popc(a' & m) formed in the kernel (row_count must be null).
+MBU_EXPORT int mbu_bconv_taps(MbuConvArgs const* a, void* stream);
+MBU_EXPORT int mbu_bconv_taps_counted(MbuConvArgs const* a, void* stream);
