@@ -92,7 +92,7 @@ class Bench:
         rng = np.random.default_rng(1)
         st = random_tconv(rng, mode, cin, cout)
         layer = cuda.BinaryLayer.prepare(st, "and", self.dev)
-        x = random_words((n, h, w, cin // 32), self.dev)
+        x = random_words((n, h, w, words(cin)), self.dev)
         skip = words(cout)
         bufs = [torch.zeros(n, 2 * h, 2 * w, skip + words(cout), dtype=torch.int32, device=self.dev) for _ in range(2)]
         count = torch.empty(n, h, w, dtype=torch.int32, device=self.dev) if layer.counts else None
@@ -103,7 +103,7 @@ class Bench:
 
         def counts():
             if count is not None:
-                cuda._check(self.lib.lib.mbu_window_count(x.data_ptr(), n, h, w, cin // 32, 1, count.data_ptr(),
+                cuda._check(self.lib.lib.mbu_window_count(x.data_ptr(), n, h, w, words(cin), 1, count.data_ptr(),
                                                           self.stream), "count")
 
         def old():
