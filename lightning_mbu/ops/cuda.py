@@ -1,14 +1,16 @@
 """The CUDA backend: a PackedNet on binary tensor cores (``load_packed(path, backend="cuda")``).
 
-Binary layers run as CUTLASS implicit-GEMM convs whose epilogue thresholds and packs the output
-bits (cutlass_kernels); max-pool, first and final layers are small hand-written kernels. Every
-stage writes its bits where the next one reads them: a skip tensor is written straight into the
-first words of its concatenation buffer and the transposed conv scatters into the rest, so
-concatenation copies nothing. The dot-product form is the file's ``default_encoding`` (or the one
-asked for) when the kernel table has kernels of it for this GPU; XOR has none on Hopper (no native
-XOR mma; CUTLASS compiles it to an assert stub), so a file asking for it falls back to AND there,
-with a warning. Which CUTLASS tile each layer uses comes from the kernel table
-(cutlass_kernels/kernels.json) keyed by layer shape, or the first kernel that accepts the problem.
+Binary layers run as implicit-GEMM convs whose epilogue thresholds and packs the output bits
+(cutlass_kernels): with the AND encoding the 3x3 convs are the hand-written K-packed kernel
+(bconv_taps.cu) and the transposed convs one b1 GEMM (tconv.cu), otherwise CUTLASS; max-pool, first
+and final layers are small hand-written kernels. Every stage writes its bits where the next one
+reads them: a skip tensor is written straight into the first words of its concatenation buffer and
+the transposed conv scatters into the rest, so concatenation copies nothing. The dot-product form is
+the file's ``default_encoding`` (or the one asked for) when the kernel table has kernels of it for
+this GPU; XOR has none on Hopper (no native XOR mma; CUTLASS compiles it to an assert stub), so a
+file asking for it falls back to AND there, with a warning. Which CUTLASS tile each layer uses comes
+from the kernel table (cutlass_kernels/kernels.json) keyed by layer shape, or the first kernel that
+accepts the problem.
 
 ``forward`` captures one CUDA graph per input shape (``graphs=False`` runs stage by stage).
 """
@@ -88,7 +90,7 @@ class Library:
         self.lib, self.specs = load_library(cc)
         self.table = KernelTable.load()
         for name in ("mbu_threshold_pack", "mbu_max_pool", "mbu_max_pool_vec", "mbu_window_count", "mbu_first_conv",
-                     "mbu_first_conv_tc", "mbu_final_conv", "mbu_tconv"):
+                     "mbu_first_conv_tc", "mbu_final_conv", "mbu_tconv", "mbu_bconv_taps", "mbu_bconv_taps_counted"):
             getattr(self.lib, name).restype = ctypes.c_int
         self.lib.mbu_max_pool.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_int, ctypes.c_int,
                                           ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
@@ -102,6 +104,7 @@ class Library:
         self.lib.mbu_first_conv_tc.argtypes = [ctypes.c_void_p, *[ctypes.c_int] * 5, ctypes.c_float,
                                                *[ctypes.c_void_p] * 3, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
         self.lib.mbu_tconv.argtypes = [ctypes.POINTER(ConvArgs), ctypes.c_void_p]
+        self.lib.mbu_bconv_taps.argtypes = self.lib.mbu_bconv_taps_counted.argtypes = self.lib.mbu_tconv.argtypes
 
     def conv_fn(self, spec: KernelSpec, suffix: str = ""):
         """``mbu_bconv_<name><suffix>``: suffix "" (fused), "_int32" (CUTLASS epilogue) or "_check"."""
@@ -135,6 +138,9 @@ class HandWrittenKernel:
 
 #: the transposed conv as one b1 GEMM with a scattering epilogue (AND encoding, sm_80+)
 TCONV_GEMM = HandWrittenKernel("mbu_tconv")
+#: the 3x3 conv with K packed across taps (AND encoding, sm_80+); the counted form makes the binary layers'
+#: window count itself
+TAPS_CONV, TAPS_CONV_COUNTED = HandWrittenKernel("mbu_bconv_taps"), HandWrittenKernel("mbu_bconv_taps_counted")
 
 
 @dataclass
@@ -375,11 +381,16 @@ class _Plan:
             target = out[..., ws:]
         else:
             target = out
-        count = torch.empty(x.shape[:3], dtype=torch.int32, device=x.device) if layer.counts else None
+        taps_conv = isinstance(st, BinaryConv) and owner.encoding == "and"
+        count = torch.empty(x.shape[:3], dtype=torch.int32, device=x.device) \
+            if layer.counts and not taps_conv else None
         args = layer.args(x, target, count)
         gemm_tconv = isinstance(st, TConvConcat) and owner.encoding == "and"
         if gemm_tconv:  # one b1 GEMM over both planes; its epilogue writes into the concat buffer (tconv.cu)
             spec, fn = TCONV_GEMM, lib.mbu_tconv
+        elif taps_conv:  # both planes in one GEMM, the window count formed in the kernel (bconv_taps.cu)
+            spec = TAPS_CONV_COUNTED if layer.counts else TAPS_CONV
+            fn = getattr(lib, spec.name)
         else:
             key = layer_key(owner.encoding, layer.r, args.c_bits, args.k_cols, x.shape[1], x.shape[2])
             spec = owner.lib.choose(owner.encoding, args, key)
