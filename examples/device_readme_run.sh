@@ -10,7 +10,8 @@ mkdir -p "$OUT" .gpu
 if ls .whl/*.whl > /dev/null 2>&1; then  # packages the GPU image lacks
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 fi
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 NO_ALBUMENTATIONS_UPDATE=1
+# cutlass_library (nvidia-cutlass's Python part, copied to .dcache/cutlass_py) names the kernels the library holds
+export PYTHONPATH=/tmp/site:$PWD:$PWD/.dcache/cutlass_py PYTHONUNBUFFERED=1 NO_ALBUMENTATIONS_UPDATE=1
 # the kernel library built here for these sources (.gpu_kernels/<key>/); should the sources have changed
 # since, the carried library is loaded as it is (its kernels are checked by name when it loads)
 export LIGHTNING_MBU_CACHE=$PWD/.gpu_kernels
@@ -28,10 +29,12 @@ cp "$RUN/results.json" "$OUT/train_results.json"
 teacher=$(ls "$RUN"/lightning_logs/fp/version_0/checkpoints/best-*.ckpt | head -1)
 cp "$teacher" .gpu/teacher.ckpt
 best=$(ls "$RUN"/lightning_logs/BBBBMMMMBBBB/version_0/checkpoints/best-*.ckpt | head -1)
-for pair in "mbu:$best" "fp:.gpu/teacher.ckpt"; do
-    python3 -m lightning_mbu eval "${pair#*:}" --split test val --accelerator "${ACCEL:-gpu}" --no-progress-bar \
-        --output "$OUT/eval_${pair%%:*}.json" 2>&1 | grep -v -i warn | tail -4
-done
+if [ -z "$SKIP_EVAL" ]; then  # float32 evaluation of both nets (train tested them in its own precision)
+    for pair in "mbu:$best" "fp:.gpu/teacher.ckpt"; do
+        python3 -m lightning_mbu eval "${pair#*:}" --split test val --accelerator "${ACCEL:-gpu}" --no-progress-bar \
+            --output "$OUT/eval_${pair%%:*}.json" 2>&1 | grep -v -i warn | tail -4
+    done
+fi
 python3 -m lightning_mbu export "$best" -o .gpu/mbu.mbu 2>&1 | tail -1
 python3 examples/engine_check.py "$best" .gpu/mbu.mbu --data "$DATA" --backend "${BACKEND:-cuda}" --output "$OUT/engine_check.json" \
     2>&1 | grep -v differing_by_image | tail -12
