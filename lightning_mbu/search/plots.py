@@ -49,7 +49,8 @@ def plot_cost(cost_model: CostModel, path: str | Path) -> Path:
 
 
 def plot_shapley(results: Sequence[ShapleyResult], path: str | Path, labels: Sequence[str] | None = None) -> Path:
-    """Bars of each layer's Shapley value with one-standard-error bars; one group per result."""
+    """Bars of each layer's Shapley value with one-standard-error bars, each labelled "value ± se"; one group
+    per result."""
     players = results[0].players
     width = 0.8 / len(results)
     x = np.arange(len(players))
@@ -58,8 +59,16 @@ def plot_shapley(results: Sequence[ShapleyResult], path: str | Path, labels: Seq
     for j, r in enumerate(results):
         se = np.nan_to_num(r.se, nan=0.0)
         label = labels[j] if labels else r.method
-        ax.bar(x + (j - (len(results) - 1) / 2) * width, r.values, width, yerr=se, capsize=2, label=label)
+        xs = x + (j - (len(results) - 1) / 2) * width
+        ax.bar(xs, r.values, width, yerr=se, capsize=2, label=label)
+        for xi, v, e, raw in zip(xs, r.values, se, r.se):
+            if np.isfinite(v):  # the standard error beside its value, not only as a whisker
+                text = f"{v:+.3f}\n" + (f"±{raw:.3f}" if np.isfinite(raw) else "± n/a")
+                ax.annotate(text, (xi, v + (e if v >= 0 else -e)), ha="center",
+                            va="bottom" if v >= 0 else "top", fontsize=6, xytext=(0, 2 if v >= 0 else -2),
+                            textcoords="offset points")
     ax.axhline(0, color="black", lw=0.6)
+    ax.margins(y=0.2)  # room for the labels
     ax.set_xticks(x, [PAPER_NAMES.get(p, p) for p in players], rotation=60)
     ax.set_ylabel("Shapley value (Dice gain from masking)")
     ax.legend(fontsize=8)
