@@ -110,7 +110,9 @@ def test_info_output_in_a_read_only_folder(capsys, tmp_path, monkeypatch):
 def test_resume_with_other_model_flags(capsys, tmp_path):
     out = tmp_path / "r.json"
     assert main(["train", *QUICK, "--default-root-dir", str(tmp_path), "--output", str(out)]) == 0
-    last = json.loads(out.read_text())["last_checkpoint"]
+    results = json.loads(out.read_text())
+    last, teacher = results["last_checkpoint"], results["teacher"]["checkpoint"]
     capsys.readouterr()
-    one_line_error(capsys, ["train", *QUICK, "--base", "8", "--ckpt-path", last, "--default-root-dir", str(tmp_path)],
-                   f"--ckpt-path {last} holds config BBBBMMMMBBBB, base 4", "base 8")
+    one_line_error(capsys, ["train", *QUICK, "--config", "MMMMMMMMMMMM", "--ckpt-path", last, "--teacher", teacher,
+                            "--default-root-dir", str(tmp_path)],
+                   f"--ckpt-path {last} holds config BBBBMMMMBBBB, base 4", "MMMMMMMMMMMM")
