@@ -209,12 +209,13 @@ def _packed(config, base, seed, **kw):
     ("MBMBBMBMMBMB", 12, 3, (50, 33)),
     ("MMMMMMMMMMMM", 4, 4, (16, 16)),
 ])
-def test_whole_net_matches_the_cpu_engine_stage_by_stage(config, base, batch, size):
+@pytest.mark.parametrize("hand_written", [False, True])
+def test_whole_net_matches_the_cpu_engine_stage_by_stage(config, base, batch, size, hand_written):
     packed = _packed(config, base, seed=base + batch)
     rng = np.random.default_rng()
     x = _dyadic_images(rng, (batch, 3, *size))
     ref = CPUPackedNet(packed, encoding="and").run(x)
-    gpu_net = cuda.build(packed)
+    gpu_net = cuda.build(packed, hand_written=hand_written)
     got = gpu_net.run(x.cuda())
     for st in packed.stages:
         a, b = ref[st.name], got[st.name].cpu()

@@ -85,10 +85,10 @@ def export_random(spec: PackedSpec, path: Path, base: int, in_channels: int, num
     return path
 
 
-def load(path: str | Path, backend: str):
+def load(path: str | Path, backend: str, **options):
     from ..ops import load_packed
 
-    return load_packed(path, backend=backend)
+    return load_packed(path, backend=backend, **options)
 
 
 @torch.no_grad()

@@ -53,6 +53,7 @@ class Settings:
     exact_size: tuple[int, int] = (128, 128)  # crop of one image for the CPU bit-exactness check
     w_op: float = 0.5  # cost-aware ranking weight (eq. 2)
     breakdown: bool = False
+    hand_written: bool = False  # the CUDA backend's issue-13 stage kernels (CUDAPackedNet(hand_written=))
     device: str = "cuda"
     workdir: Path | None = None  # where random-weight models are exported (default: a temporary folder)
     extra: dict = field(default_factory=dict)
@@ -164,7 +165,7 @@ class Bench:
         self.log(f"[bench] {spec.name}: batch {batch}, {work.height}x{work.width}")
         path = spec.path or export_random(spec, workdir / f"{spec.config}.mbu", s.base, s.in_channels, s.num_classes)
         try:
-            net = load(path, "cuda")
+            net = load(path, "cuda", hand_written=s.hand_written)
             m = self._time(net, batch, torch.float32, channels_last=False, graphs=False)
             crop = torch.randn(1, s.in_channels, *(min(a, b) for a, b in zip(s.exact_size, work.size)),
                                device=self.device)
@@ -176,7 +177,7 @@ class Bench:
             self._skip(spec.name, "packed-cuda", _oom_reason(spec.name, "packed", batch, work))
         else:
             self._add(_record(spec.name, "packed-cuda", work, m, config=str(spec.config), bit_exact=exact,
-                              encoding=getattr(net, "encoding", None),
+                              encoding=getattr(net, "encoding", None), hand_written=net.hand_written,
                               source=str(spec.path) if spec.path else "random weights"))
         finally:
             _free()

@@ -48,6 +48,9 @@ def add_parser(subparsers) -> None:
     t.add_argument("--exact-size", nargs="+", default=["128x128"], metavar="SIZE",
                    help="crop of one image checked bit for bit against the CPU engine (default: %(default)s)")
     t.add_argument("--breakdown", action="store_true", help="also time every stage of each packed net")
+    t.add_argument("--hand-written", action="store_true",
+                   help="packed nets run the hand-written stage kernels (K-packed 3x3 conv, GEMM transposed conv, "
+                        "tensor-core first conv; AND encoding) instead of CUTLASS")
     t.add_argument("--device", default="cuda:0", help="CUDA device to time on")
     o = p.add_argument_group("output")
     o.add_argument("--output-dir", default="benchmarks/results", help="where results go (default: %(default)s)")
@@ -100,7 +103,7 @@ def _measure(args, workload, exact_size, on_update) -> dict | None:
         inputs=args.inputs, min_energy_seconds=args.min_energy_seconds, cuda_graphs=args.cuda_graphs,
         cudnn_benchmark=args.cudnn_benchmark,
         compile_mode=args.compile_mode, tf32=args.tf32, exact_size=exact_size, w_op=args.w_op,
-        breakdown=args.breakdown, device=args.device,
+        breakdown=args.breakdown, hand_written=args.hand_written, device=args.device,
         extra={"arguments": {k: v for k, v in vars(args).items() if k != "func"}},
     )
     try:

@@ -1,9 +1,10 @@
 """The CUDA backend: a PackedNet on binary tensor cores (``load_packed(path, backend="cuda")``).
 
-Binary layers run as implicit-GEMM convs whose epilogue thresholds and packs the output bits
-(cutlass_kernels): with the AND encoding the 3x3 convs are the hand-written K-packed kernel
-(bconv_taps.cu) and the transposed convs one b1 GEMM (tconv.cu), otherwise CUTLASS; max-pool, first
-and final layers are small hand-written kernels. Every stage writes its bits where the next one
+Binary layers run as CUTLASS implicit-GEMM convs whose epilogue thresholds and packs the output bits
+(cutlass_kernels); max-pool, first and final layers are small hand-written kernels. With
+``hand_written=True`` and the AND encoding, the issue-13 kernels run instead: the 3x3 convs as the
+K-packed kernel (bconv_taps.cu), the transposed convs as one b1 GEMM (tconv.cu), the first conv on FP16
+tensor cores, a vector max-pool (opt-in until their GPU tests have passed on hardware). Every stage writes its bits where the next one
 reads them: a skip tensor is written straight into the first words of its concatenation buffer and
 the transposed conv scatters into the rest, so concatenation copies nothing. The dot-product form is
 the file's ``default_encoding`` (or the one asked for) when the kernel table has kernels of it for
@@ -233,15 +234,21 @@ class CUDAPackedNet(nn.Module):
             table has it for this GPU, else "and" (with a warning).
         graphs: capture a CUDA graph per input shape and replay it in ``forward``.
         device: the CUDA device (default: the current one).
+        hand_written: run the issue-13 stage kernels (AND encoding): first conv on FP16 tensor cores, vector
+            max-pool, the transposed conv as one b1 GEMM, the K-packed 3x3 conv. Off by default until their GPU
+            tests (tests/test_bconv_taps.py, tests/test_cuda_stages.py) have passed on hardware; off, every
+            binary layer runs the CUTLASS kernels that were checked bit-exact on H100/H200.
     """
 
-    def __init__(self, net: PackedNet, encoding: str | None = None, graphs: bool = True, device=None):
+    def __init__(self, net: PackedNet, encoding: str | None = None, graphs: bool = True, device=None,
+                 hand_written: bool = False):
         super().__init__()
         net.validate()
         cc = device_cc(device)
         self.device = torch.device("cuda", torch.cuda.current_device()) if device is None else torch.device(device)
         self.encoding = choose_encoding(encoding, net.default_encoding, cc)
         self.net, self.cc, self.graphs = net, cc, graphs
+        self.hand_written = hand_written and self.encoding == "and"
         self.lib = Library(cc)
         self.segments = net.segments()
         self.layers = {s.name: BinaryLayer.prepare(s, self.encoding, self.device) for s in net.threshold_layers}
@@ -350,18 +357,23 @@ class _Plan:
             def first(stream):
                 x = self.env[st.src]
                 n, c, h, w = x.shape
-                _check(lib.mbu_first_conv_tc(x.data_ptr(), int(x.dtype == torch.float16), n, c, h, w,
-                                             float(st.pad_value), weight.data_ptr(), scale.data_ptr(),
-                                             shift.data_ptr(), out.shape[-1], out.data_ptr(), stream),
-                       f"stage {st.name}")
+                if owner.hand_written:
+                    code = lib.mbu_first_conv_tc(x.data_ptr(), int(x.dtype == torch.float16), n, c, h, w,
+                                                 float(st.pad_value), weight.data_ptr(), scale.data_ptr(),
+                                                 shift.data_ptr(), out.shape[-1], out.data_ptr(), stream)
+                else:
+                    code = lib.mbu_first_conv(x.data_ptr(), n, c, h, w, float(st.pad_value), weight.data_ptr(),
+                                              scale.data_ptr(), shift.data_ptr(), out.shape[-1], out.data_ptr(),
+                                              stream)
+                _check(code, f"stage {st.name}")
             return Step(st, first)
         if isinstance(st, MaxPool):
             def pool(stream):
                 x = self.env[st.src]
                 assert _bits_view_ok(x)
                 n, h, w, c = x.shape
-                _check(lib.mbu_max_pool_vec(x.data_ptr(), x.stride(2), 0, n, h, w, c, out.data_ptr(), stream),
-                       f"stage {st.name}")
+                pool_fn = lib.mbu_max_pool_vec if owner.hand_written else lib.mbu_max_pool
+                _check(pool_fn(x.data_ptr(), x.stride(2), 0, n, h, w, c, out.data_ptr(), stream), f"stage {st.name}")
             return Step(st, pool)
         if isinstance(st, FinalConv):
             weight, bias = owner.final
@@ -381,11 +393,11 @@ class _Plan:
             target = out[..., ws:]
         else:
             target = out
-        taps_conv = isinstance(st, BinaryConv) and owner.encoding == "and"
+        taps_conv = isinstance(st, BinaryConv) and owner.hand_written
         count = torch.empty(x.shape[:3], dtype=torch.int32, device=x.device) \
             if layer.counts and not taps_conv else None
         args = layer.args(x, target, count)
-        gemm_tconv = isinstance(st, TConvConcat) and owner.encoding == "and"
+        gemm_tconv = isinstance(st, TConvConcat) and owner.hand_written
         if gemm_tconv:  # one b1 GEMM over both planes; its epilogue writes into the concat buffer (tconv.cu)
             spec, fn = TCONV_GEMM, lib.mbu_tconv
         elif taps_conv:  # both planes in one GEMM, the window count formed in the kernel (bconv_taps.cu)
@@ -428,5 +440,6 @@ class _Plan:
 
 
 def build(net: PackedNet, encoding: str | None = None, **options) -> CUDAPackedNet:
-    """The backend entry point of ``load_packed(path, backend="cuda")``; options: ``graphs``, ``device``."""
+    """The backend entry point of ``load_packed(path, backend="cuda")``; options: ``graphs``, ``device``,
+    ``hand_written``."""
     return CUDAPackedNet(net, encoding=encoding, **options)
