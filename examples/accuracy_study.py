@@ -414,29 +414,11 @@ def export_best(a) -> int:
 
 
 def check_engine(a) -> int:
-    """The packed model on a backend against the PyTorch net it came from, on the test split: differing pixels."""
-    from lightning_mbu import load_packed
+    """The packed model on a backend against the PyTorch net it came from, on the test split (engine_check.py)."""
+    from engine_check import main as engine_check
 
-    images, masks, ids = load_splits(a.data, a.split_seed)["test"]
-    device = "cuda" if a.backend == "cuda" else "cpu"
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    ref = predict(load_net(Path(a.checkpoint)).to(device), images, device)
-    model = load_packed(a.model, backend=a.backend)
-    start = time.perf_counter()
-    with torch.no_grad():
-        got = torch.cat([model(normalize(images[i:i + 8]).to(device)).float().cpu() for i in range(0, len(images), 8)])
-    seconds = time.perf_counter() - start
-    differ = ((got > 0) != (ref > 0)).flatten(1).sum(1)
-    report = {"backend": a.backend, "images": len(ids), "pixels": int(masks.numel()),
-              "differing_pixels": int(differ.sum()), "images_differing": int((differ > 0).sum()),
-              "differing_by_image": {i: int(d) for i, d in zip(ids, differ) if d},
-              "engine_dice": metrics(got, masks)["dice"], "pytorch_dice": metrics(ref, masks)["dice"],
-              "engine_seconds": round(seconds, 3)}
-    text = json.dumps(report, indent=1)
-    if a.output:
-        Path(a.output).write_text(text)
-    print(text)
-    return 0
+    return engine_check([a.checkpoint, a.model, "--data", a.data, "--split-seed", str(a.split_seed),
+                         "--backend", a.backend, *(["--output", a.output] if a.output else [])])
 
 
 # -- the one-call driver ---------------------------------------------------------------------

@@ -153,13 +153,8 @@ def get_weight_quantizer(spec: str | WeightQuantizer | None, **kwargs) -> Weight
     return WEIGHT_QUANTIZERS[spec](**kwargs)
 
 
-class _ApproxSign(torch.autograd.Function):
-    """sign(x) with sign(0) = +1; gradient 2 - 2|x| on |x| < 1 (Bi-Real Net's ApproxSign, a triangle)."""
-
-    @staticmethod
-    def forward(ctx, x):
-        ctx.save_for_backward(x)
-        return torch.where(x >= 0, torch.ones_like(x), -torch.ones_like(x))
+class _ApproxSign(_SignSTE):
+    """_SignSTE's forward; gradient 2 - 2|x| on |x| < 1 (Bi-Real Net's ApproxSign, a triangle)."""
 
     @staticmethod
     def backward(ctx, grad):

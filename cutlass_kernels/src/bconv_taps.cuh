@@ -154,21 +154,28 @@ __device__ __forceinline__ TileAt tile_at(Params const& p, int m_tile) {
   return {rest / p.tiles_y, (rest % p.tiles_y) * TH, tx * kTW};
 }
 
-// One 256-bit K slice of the warp's 64 x 64 tile: B (4 ldmatrix, 2 n8 fragments each) and A (one
-// ldmatrix per m16 fragment, rows `kRow * kPix` words apart) from lane addresses, 32 mma.
-template <typename T>
-__device__ __forceinline__ void mma_slice(int32_t (&acc)[4][8][4], uint32_t const* a, uint32_t const* b) {
-  using C = typename T::C;
-  uint32_t af[4][4], bf[4][4];
+// The warp's 4 x 8 m16n8k256 products of one K slice: A fragments `af` (4 m16 rows), B from shared
+// memory at `b` (8 n8 columns, loaded here), accumulated into `acc`.
+__device__ __forceinline__ void mma_fragments(int32_t (&acc)[4][8][4], uint32_t const (&af)[4][4], uint32_t const* b) {
+  uint32_t bf[4][4];
 #pragma unroll
   for (int pr = 0; pr < 4; ++pr) ldmatrix_x4(bf[pr], b + pr * 16 * 8);
-#pragma unroll
-  for (int mi = 0; mi < 4; ++mi) ldmatrix_x4(af[mi], a + mi * C::kRow * C::kPix);
 #pragma unroll
   for (int mi = 0; mi < 4; ++mi)
 #pragma unroll
     for (int nj = 0; nj < 8; ++nj)
       mma_b1_and(acc[mi][nj], af[mi], bf[nj / 2][2 * (nj % 2)], bf[nj / 2][2 * (nj % 2) + 1]);
+}
+
+// One 256-bit K slice of the warp's 64 x 64 tile: B (4 ldmatrix, 2 n8 fragments each) and A (one
+// ldmatrix per m16 fragment, rows `kRow * kPix` words apart) from lane addresses, 32 mma.
+template <typename T>
+__device__ __forceinline__ void mma_slice(int32_t (&acc)[4][8][4], uint32_t const* a, uint32_t const* b) {
+  using C = typename T::C;
+  uint32_t af[4][4];
+#pragma unroll
+  for (int mi = 0; mi < 4; ++mi) ldmatrix_x4(af[mi], a + mi * C::kRow * C::kPix);
+  mma_fragments(acc, af, b);
 }
 
 // The same with A from 32-bit loads (CK = 1, 2: a 16-byte row of A spans taps): row g of the
@@ -177,20 +184,14 @@ template <typename T>
 __device__ __forceinline__ void mma_slice_words(int32_t (&acc)[4][8][4], uint32_t const* a, int const (&tap)[2],
                                                 uint32_t const* b) {
   using C = typename T::C;
-  uint32_t af[4][4], bf[4][4];
-#pragma unroll
-  for (int pr = 0; pr < 4; ++pr) ldmatrix_x4(bf[pr], b + pr * 16 * 8);
+  uint32_t af[4][4];
 #pragma unroll
   for (int mi = 0; mi < 4; ++mi) {
     uint32_t const* row = a + mi * C::kRow * C::kPix;
     af[mi][0] = row[tap[0]], af[mi][1] = row[tap[0] + 8 * C::kPix];
     af[mi][2] = row[tap[1]], af[mi][3] = row[tap[1] + 8 * C::kPix];
   }
-#pragma unroll
-  for (int mi = 0; mi < 4; ++mi)
-#pragma unroll
-    for (int nj = 0; nj < 8; ++nj)
-      mma_b1_and(acc[mi][nj], af[mi], bf[nj / 2][2 * (nj % 2)], bf[nj / 2][2 * (nj % 2) + 1]);
+  mma_fragments(acc, af, b);
 }
 
 // Threshold, pack and store one pixel tile's words. Lane (g, tig) holds rows g, g + 8 of each m16
