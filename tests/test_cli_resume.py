@@ -8,6 +8,8 @@ import subprocess
 import sys
 import time
 
+import torch
+
 from lightning_mbu.cli import main
 
 ARGS = ["train", "--size", "32", "--base", "4", "--max-epochs", "500", "--limit-train-batches", "2",
@@ -48,7 +50,11 @@ def test_interrupt_then_resume_continues_the_run(tmp_path, monkeypatch):
     assert resume[1:resume.index("--ckpt-path")] == [*ARGS, "--default-root-dir", str(root), "--teacher", str(teacher)]
 
     before = val_epochs(run_dir / "metrics.csv")
-    best_before = max(float(r["val/dice"]) for r in rows(run_dir / "metrics.csv") if r.get("val/dice"))
+    saved_epoch = torch.load(last, map_location="cpu", weights_only=True)["epoch"]
+    # epochs after last.ckpt's are run again on resume (their rows replaced): the best score is that of
+    # the epochs the checkpoint holds
+    best_before = max(float(r["val/dice"]) for r in rows(run_dir / "metrics.csv")
+                      if r.get("val/dice") and int(r["epoch"]) <= saved_epoch)
     interrupted_at = max(before)
     # resume as printed, but with a relative spelling of the checkpoint path and a near end
     monkeypatch.chdir(root)
