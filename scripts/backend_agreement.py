@@ -15,10 +15,10 @@ import sys
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from lightning_mbu.ops import cpu, cuda
 from lightning_mbu.ops.bits import pack_bits
+from lightning_mbu.ops.float_ops import first_conv_preactivation
 from lightning_mbu.ops.format import load
 from lightning_mbu.ops.preprocess import as_batch, prepare
 from lightning_mbu.predict import find_images
@@ -27,8 +27,9 @@ from lightning_mbu.data.dataset import read_image
 
 def first_stage_near(st, x_prepared: torch.Tensor) -> np.ndarray:
     """Bits of the first stage whose float64 pre-activation is within 1e-4 of its threshold."""
-    y = F.conv2d(F.pad(x_prepared.double(), (1, 1, 1, 1), value=float(st.pad_value)), torch.from_numpy(st.weight).double())
-    y = y * torch.from_numpy(st.scale).double()[:, None, None] + torch.from_numpy(st.shift).double()[:, None, None]
+    y = first_conv_preactivation(x_prepared.double(),
+                                 *(torch.from_numpy(t).double() for t in (st.weight, st.scale, st.shift)),
+                                 float(st.pad_value))
     return pack_bits((y.abs() < 1e-4).permute(0, 2, 3, 1).numpy(), (st.cout,))
 
 

@@ -17,6 +17,7 @@ from lightning_mbu import MBUNet
 from lightning_mbu.export import fold, pack_folded
 from lightning_mbu.ops.bits import pack_bits, popcount, unpack_bits, words
 from lightning_mbu.ops.cpu import CPUPackedNet
+from lightning_mbu.ops.float_ops import first_conv_preactivation
 from lightning_mbu.ops.graph import ENCODINGS, BinaryConv, TConvConcat
 
 cuda = pytest.importorskip("lightning_mbu.ops.cuda")
@@ -240,8 +241,8 @@ def test_first_layer_agrees_except_within_float_rounding_of_zero():
     got = cuda.build(packed).run(x.cuda())[st.name].cpu().numpy()
     ref = CPUPackedNet(packed).run(x)[st.name]
     xp = F.pad(x.double(), (0, (-x.shape[-1]) % 16, 0, (-x.shape[-2]) % 16))
-    y = F.conv2d(F.pad(xp, (1, 1, 1, 1)), torch.from_numpy(st.weight).double())
-    y = y * torch.from_numpy(st.scale).double()[:, None, None] + torch.from_numpy(st.shift).double()[:, None, None]
+    y = first_conv_preactivation(xp, *(torch.from_numpy(t).double() for t in (st.weight, st.scale, st.shift)),
+                                 st.pad_value)
     near = pack_bits((y.abs() < 1e-4).permute(0, 2, 3, 1).numpy(), (st.cout,))
     assert np.array_equal(got & ~near, ref & ~near)
 
