@@ -79,32 +79,28 @@ def test_a_size_that_cannot_fit_is_refused_before_training(capsys, tmp_path):
     assert "--batch-size" in err and not (tmp_path / "lightning_logs").exists()
 
 
-def _read_only(path, monkeypatch):
+@pytest.fixture
+def read_only(tmp_path, monkeypatch):
+    """A folder nothing may be written into (made writable again afterwards, so tmp_path can be cleaned)."""
+    path = tmp_path / "ro"
     path.mkdir()
     if os.geteuid() == 0:  # root writes anywhere: the refusal the OS would give is simulated
         real = os.access
         monkeypatch.setattr(os, "access", lambda p, mode, **k: False if str(p).startswith(str(path)) else real(p, mode))
     else:
         path.chmod(0o555)
+    yield path
+    path.chmod(0o755)
 
 
-def test_search_out_on_a_read_only_folder(capsys, tmp_path, monkeypatch):
-    ro = tmp_path / "ro"
-    _read_only(ro, monkeypatch)
-    try:
-        one_line_error(capsys, ["search", "--budget", "1", "--out", str(ro / "study")], str(ro))
-        one_line_error(capsys, ["search", "--budget", "1", "--out", str(ro)], str(ro), "not writable")
-    finally:
-        ro.chmod(0o755)
+def test_search_out_on_a_read_only_folder(capsys, read_only):
+    one_line_error(capsys, ["search", "--budget", "1", "--out", str(read_only / "study")], str(read_only))
+    one_line_error(capsys, ["search", "--budget", "1", "--out", str(read_only)], str(read_only), "not writable")
 
 
-def test_info_output_in_a_read_only_folder(capsys, tmp_path, monkeypatch):
-    ro = tmp_path / "ro"
-    _read_only(ro, monkeypatch)
-    try:
-        one_line_error(capsys, ["info", "--config", "fp", "--base", "4", "--output", str(ro / "x.json")], str(ro))
-    finally:
-        ro.chmod(0o755)
+def test_info_output_in_a_read_only_folder(capsys, read_only):
+    one_line_error(capsys, ["info", "--config", "fp", "--base", "4", "--output", str(read_only / "x.json")],
+                   str(read_only))
 
 
 def test_resume_with_other_model_flags(capsys, tmp_path):
